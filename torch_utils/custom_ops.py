@@ -1,0 +1,149 @@
+"""Builds the CUDA plugins of torch_utils/ops on first use, caches them, and falls back quietly.
+
+Each op that has a CUDA kernel owns one `CudaPlugin`. `plugin.get()` returns the compiled
+extension module, or None when it cannot be had (no GPU, no compiler, a build error); in
+that case a single warning per plugin is printed and the op uses its reference path. A
+failed build never crashes the run.
+
+Builds go to a cache directory keyed by the hash of the sources and by the GPU's compute
+capability, so another process (or a later run) with the same sources reuses the binary.
+Cache location: $TRIPLANE3D_CACHE_DIR/torch_extensions, else ~/.cache/triplane3d/torch_extensions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Optional, Sequence
+
+import torch
+
+from dnnlib.util import cache_root
+
+__all__ = ["CudaPlugin", "plugin_cache_dir", "cuda_build_available"]
+
+# Set TRIPLANE3D_CUSTOM_OPS_VERBOSE=1 to see the compiler's output.
+_VERBOSE = os.environ.get("TRIPLANE3D_CUSTOM_OPS_VERBOSE", "0") == "1"
+
+
+def plugin_cache_dir() -> Path:
+    """Directory under which compiled plugins are kept (one sub-directory per source hash and GPU)."""
+    return cache_root() / "torch_extensions"
+
+
+def cuda_build_available() -> tuple[bool, str]:
+    """Whether a CUDA plugin can be built here; the reason when it cannot."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is available to this process"
+    if torch.version.cuda is None:
+        return False, "this torch build has no CUDA support"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.join(CUDA_HOME, "bin", "nvcc"))
+    if not nvcc or not os.path.exists(nvcc):
+        return False, "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+    if shutil.which("ninja") is None and importlib.util.find_spec("ninja") is None:
+        return False, "ninja is not installed (pip install ninja)"
+    return True, ""
+
+
+def _hash_files(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _gpu_tag() -> str:
+    major, minor = torch.cuda.get_device_capability()
+    return f"sm{major}{minor}"
+
+
+class CudaPlugin:
+    """One lazily built CUDA extension.
+
+    Args:
+        name: extension module name, e.g. "bias_act_plugin".
+        sources: source files (.cpp binding and .cu kernels) relative to `source_dir`.
+        headers: extra files (e.g. shared .h) that take part in the hash but are not compiled.
+        source_dir: directory holding the sources (defaults to torch_utils/ops).
+        extra_cuda_cflags: flags passed to nvcc.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sources: Sequence[str],
+        headers: Sequence[str] = (),
+        source_dir: Optional[os.PathLike] = None,
+        extra_cuda_cflags: Sequence[str] = ("--use_fast_math", "-O3"),
+    ) -> None:
+        self.name = name
+        self.source_dir = Path(source_dir) if source_dir else Path(__file__).parent / "ops"
+        self.sources = [self.source_dir / s for s in sources]
+        self.headers = [self.source_dir / h for h in headers]
+        self.extra_cuda_cflags = list(extra_cuda_cflags)
+        self._module: Optional[ModuleType] = None
+        self._failed_reason: Optional[str] = None
+        self._lock = threading.Lock()
+
+    @property
+    def failed_reason(self) -> Optional[str]:
+        """Why the last build attempt failed (None if it did not fail or was not attempted)."""
+        return self._failed_reason
+
+    def get(self) -> Optional[ModuleType]:
+        """The compiled module, building it on first call; None (with one warning) when unavailable."""
+        if self._module is not None:
+            return self._module
+        if self._failed_reason is not None:
+            return None
+        with self._lock:
+            if self._module is None and self._failed_reason is None:
+                try:
+                    self._module = self._build()
+                except Exception as exc:  # noqa: BLE001 - any build failure means: use the reference path
+                    self._fail(f"{type(exc).__name__}: {exc}")
+        return self._module
+
+    def _fail(self, reason: str) -> None:
+        self._failed_reason = reason
+        first_line = reason.strip().splitlines()[0] if reason.strip() else reason
+        warnings.warn(
+            f"Could not build the CUDA plugin '{self.name}' ({first_line}); "
+            "falling back to the reference PyTorch implementation (slower, same results). "
+            "Set TRIPLANE3D_CUSTOM_OPS_VERBOSE=1 for the compiler output.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _build(self) -> ModuleType:
+        ok, reason = cuda_build_available()
+        if not ok:
+            raise RuntimeError(reason)
+        from torch.utils import cpp_extension
+
+        key = _hash_files(self.sources + self.headers)
+        build_dir = plugin_cache_dir() / f"{self.name}-{key}-{_gpu_tag()}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        # Compile for this GPU only: fast builds, and the cache key says which GPU it was.
+        major, minor = torch.cuda.get_device_capability()
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+        module = cpp_extension.load(
+            name=self.name,
+            sources=[str(s) for s in self.sources],
+            extra_cuda_cflags=self.extra_cuda_cflags,
+            extra_include_paths=[str(self.source_dir)],
+            build_directory=str(build_dir),
+            verbose=_VERBOSE,
+        )
+        sys.modules.setdefault(self.name, module)
+        return module
