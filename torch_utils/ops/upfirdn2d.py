@@ -1,0 +1,401 @@
+"""Upsample, pad, FIR-filter and downsample 2-D images (upfirdn2d), with a reference and a CUDA path.
+
+The op, per spatial axis, on an NCHW tensor `x`:
+
+1. upsample by `up`: insert `up - 1` zeros after every pixel (the size becomes `in * up`);
+2. pad by `padding` (`[x0, x1, y0, y1]`); negative padding crops;
+3. filter with the FIR filter `f` as a true convolution (the filter is flipped), or as a
+   correlation when `flip_filter=True`; only the "valid" part is kept;
+4. downsample by `down`: keep every `down`-th pixel, starting with the first.
+
+Output size per axis: `(in * up + pad0 + pad1 - taps + down) // down`.
+
+Filters: a 2-D tensor `[fh, fw]`, or a 1-D tensor `[taps]` meaning the separable filter
+`f[:, None] * f[None, :]` (applied along x, then along y); `None` means the identity `[[1]]`.
+The filter is multiplied by `gain ** (f.ndim / 2)`, so the total gain is `gain` in both cases
+(a separable filter is applied twice, each time with `sqrt(gain)`).
+
+`impl`: None picks the CUDA plugin when `x` is on a GPU and the plugin builds, else the
+reference path; 'ref' forces the reference; 'cuda' asks for the plugin (error for CPU tensors).
+The CUDA path treats the filter as a constant (no gradient w.r.t. `f`); with a filter that
+requires grad, `impl=None` uses the reference path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from torch_utils.custom_ops import CudaPlugin
+
+__all__ = [
+    "upfirdn2d",
+    "setup_filter",
+    "filter2d",
+    "upsample2d",
+    "downsample2d",
+    "get_filter_size",
+    "parse_scaling",
+    "parse_padding",
+    "MAX_CUDA_FILTER_TAPS",
+]
+
+Scaling = Union[int, Sequence[int]]
+Padding = Union[int, Sequence[int]]
+
+# Largest fh * fw the CUDA kernel takes (the filter is staged in 16 KiB of shared memory,
+# e.g. 64x64 taps). Keep in sync with kMaxFilterTaps in upfirdn2d.h.
+MAX_CUDA_FILTER_TAPS = 4096
+
+_plugin = CudaPlugin("upfirdn2d_plugin", sources=["upfirdn2d.cpp", "upfirdn2d.cu"], headers=["upfirdn2d.h"])
+
+# ----------------------------------------------------------------------------------------
+# Argument helpers (public: conv2d_resample and the networks reuse them).
+
+
+def _as_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def parse_scaling(s: Scaling, name: str = "scaling") -> tuple[int, int]:
+    """Up/down factor as `(sx, sy)`: an int applies to both axes; each must be >= 1."""
+    if isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+        sx = sy = int(s)
+    elif isinstance(s, (list, tuple)) and len(s) == 2:
+        sx, sy = (_as_int(v, name) for v in s)
+    else:
+        raise TypeError(f"{name} must be an int or a pair (x, y) of ints, got {s!r}")
+    if sx < 1 or sy < 1:
+        raise ValueError(f"{name} must be positive, got {s!r}")
+    return sx, sy
+
+
+def parse_padding(p: Padding, name: str = "padding") -> tuple[int, int, int, int]:
+    """Padding as `(x0, x1, y0, y1)` from an int, a pair `(px, py)` or four ints."""
+    if isinstance(p, (int, np.integer)) and not isinstance(p, bool):
+        return (int(p),) * 4
+    if isinstance(p, (list, tuple)) and len(p) == 2:
+        px, py = (_as_int(v, name) for v in p)
+        return px, px, py, py
+    if isinstance(p, (list, tuple)) and len(p) == 4:
+        x0, x1, y0, y1 = (_as_int(v, name) for v in p)
+        return x0, x1, y0, y1
+    raise TypeError(f"{name} must be an int, (px, py) or [x0, x1, y0, y1], got {p!r}")
+
+
+def get_filter_size(f: Optional[torch.Tensor]) -> tuple[int, int]:
+    """Filter footprint `(fw, fh)`; a 1-D (separable) filter of n taps is n x n; None is 1 x 1."""
+    if f is None:
+        return 1, 1
+    if not isinstance(f, torch.Tensor) or f.ndim not in (1, 2):
+        got = f"ndim={f.ndim}" if isinstance(f, torch.Tensor) else type(f).__name__
+        raise ValueError(f"f must be a 1-D (separable) or 2-D filter tensor, got {got}")
+    fw = int(f.shape[-1])
+    fh = int(f.shape[0])
+    return fw, fh
+
+
+def setup_filter(
+    f: Union[None, float, Sequence, np.ndarray, torch.Tensor],
+    device: torch.device = torch.device("cpu"),
+    normalize: bool = True,
+    flip_filter: bool = False,
+    gain: float = 1,
+    separable: Optional[bool] = None,
+) -> torch.Tensor:
+    """Build a float32 filter tensor for `upfirdn2d` from a list, array or tensor.
+
+    Rule for the shape: a 1-D input stays 1-D (separable) when `separable` is None or True,
+    and becomes its outer product `f[:, None] * f[None, :]` when `separable=False`; a 2-D
+    input stays 2-D (`separable=True` is an error for it). A scalar or None is the 1-tap
+    filter [1]. With `normalize`, the (final) filter sums to 1; then it is multiplied by
+    `gain ** (ndim / 2)` so that the total gain is `gain`, and flipped if `flip_filter`.
+    """
+    if f is None:
+        f = 1
+    f = torch.as_tensor(f, dtype=torch.float32).detach().clone()
+    if f.ndim == 0:
+        f = f[None]
+    if f.ndim not in (1, 2):
+        raise ValueError(f"setup_filter: f must be 1-D or 2-D, got ndim={f.ndim}")
+    if f.numel() == 0:
+        raise ValueError("setup_filter: f is empty")
+    if f.ndim == 2 and separable:
+        raise ValueError("setup_filter: separable=True needs a 1-D f, got a 2-D filter")
+    if f.ndim == 1 and separable is False:
+        f = f[:, None] * f[None, :]
+    if normalize:
+        total = f.sum()
+        if total.abs() < 1e-12:
+            raise ValueError("setup_filter: cannot normalize f, its taps sum to 0")
+        f = f / total
+    f = f * (gain ** (f.ndim / 2))
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    return f.to(device)
+
+
+# ----------------------------------------------------------------------------------------
+# Geometry: the scalar parameters of one upfirdn2d call, and their validation.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+    upx: int
+    upy: int
+    downx: int
+    downy: int
+    px0: int
+    px1: int
+    py0: int
+    py1: int
+    flip: bool
+
+    def out_size(self, in_h: int, in_w: int, fh: int, fw: int) -> tuple[int, int]:
+        out_h = (in_h * self.upy + self.py0 + self.py1 - fh + self.downy) // self.downy
+        out_w = (in_w * self.upx + self.px0 + self.px1 - fw + self.downx) // self.downx
+        return out_h, out_w
+
+    def adjoint(self, in_h: int, in_w: int, fh: int, fw: int) -> "_Geometry":
+        """Geometry of the gradient: upfirdn2d(dy, f) with this geometry equals d(loss)/dx.
+
+        The forward map is D_down . C_f . P_pad . U_up. Its adjoint, per axis, is
+        U_up^T . P^T . C_f^T . D_down^T, and each factor is again an upfirdn2d piece:
+        D_down^T inserts zeros (up' = down), U_up^T keeps every up-th sample (down' = up),
+        C_f^T is the full convolution with the flipped filter (pad taps-1 on both sides,
+        flip' = not flip), and P^T crops what P padded (subtract pad0 at the start). The
+        end padding is chosen so that the padded length is in*up + taps - 1: the filter
+        then yields in*up samples and keeping every up-th gives exactly `in` of them:
+            pad0' = taps - 1 - pad0,   pad1' = in*up + pad0 - out*down.
+        """
+        out_h, out_w = self.out_size(in_h, in_w, fh, fw)
+        return _Geometry(
+            upx=self.downx,
+            upy=self.downy,
+            downx=self.upx,
+            downy=self.upy,
+            px0=fw - 1 - self.px0,
+            px1=in_w * self.upx + self.px0 - out_w * self.downx,
+            py0=fh - 1 - self.py0,
+            py1=in_h * self.upy + self.py0 - out_h * self.downy,
+            flip=not self.flip,
+        )
+
+
+def _check_args(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"upfirdn2d: x must be a 4-D NCHW tensor, got {got}")
+    fw, fh = get_filter_size(f)
+    out_h, out_w = geom.out_size(x.shape[2], x.shape[3], fh, fw)
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(
+            f"upfirdn2d: output size would be {out_h}x{out_w} (must be positive) for input "
+            f"{x.shape[2]}x{x.shape[3]}, up=({geom.upx}, {geom.upy}), padding=[{geom.px0}, "
+            f"{geom.px1}, {geom.py0}, {geom.py1}], filter {fh}x{fw}, down=({geom.downx}, "
+            f"{geom.downy}); use a larger input or more padding"
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Reference path: plain PyTorch, differentiable to any order through autograd.
+
+
+def _pad_or_crop(x: torch.Tensor, px0: int, px1: int, py0: int, py1: int) -> torch.Tensor:
+    # Pad the positive parts first, then crop the negative ones by slicing: this keeps the
+    # "output index q reads input index q - pad0" meaning even when one side's crop is
+    # larger than the image and the other side's padding makes up for it.
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    h, w = x.shape[2], x.shape[3]
+    return x[:, :, max(-py0, 0) : h - max(-py1, 0), max(-px0, 0) : w - max(-px1, 0)]
+
+
+def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torch.Tensor:
+    """Reference upfirdn2d; `f` (1-D or 2-D) already carries the gain."""
+    n, c, h, w = x.shape
+    if geom.upx > 1 or geom.upy > 1:
+        # Zero insertion: give every pixel a trailing block of up-1 zeros along each axis.
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, geom.upx - 1, 0, 0, 0, geom.upy - 1])
+        x = x.reshape(n, c, h * geom.upy, w * geom.upx)
+    x = _pad_or_crop(x, geom.px0, geom.px1, geom.py0, geom.py1)
+    f = f.to(device=x.device, dtype=x.dtype)
+    if not geom.flip:
+        f = f.flip(list(range(f.ndim)))  # conv2d correlates; flipping makes it a convolution
+    if f.ndim == 2:
+        x = F.conv2d(x, f[None, None].expand(c, 1, *f.shape), groups=c)
+    else:
+        x = F.conv2d(x, f[None, None, None, :].expand(c, 1, 1, f.shape[0]), groups=c)
+        x = F.conv2d(x, f[None, None, :, None].expand(c, 1, f.shape[0], 1), groups=c)
+    return x[:, :, :: geom.downy, :: geom.downx]
+
+
+def _ref_kernel(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torch.Tensor:
+    """The reference as a stand-in for the CUDA kernel (2-D filter, no autograd needed)."""
+    return _upfirdn2d_ref(x, f, geom)
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA path: an autograd.Function whose backward is again upfirdn2d (any order by construction).
+
+Kernel = Callable[[torch.Tensor, torch.Tensor, _Geometry], torch.Tensor]
+
+
+class _UpFirDn2d(torch.autograd.Function):
+    """upfirdn2d with a 2-D filter through `kernel`; the filter gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, f: torch.Tensor, geom: _Geometry, kernel: Kernel) -> torch.Tensor:
+        ctx.save_for_backward(f)
+        ctx.geom = geom
+        ctx.kernel = kernel
+        ctx.in_hw = (x.shape[2], x.shape[3])
+        return kernel(x, f, geom)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        (f,) = ctx.saved_tensors
+        dx = None
+        if ctx.needs_input_grad[0]:
+            fh, fw = f.shape
+            bgeom = ctx.geom.adjoint(ctx.in_hw[0], ctx.in_hw[1], fh, fw)
+            dx = _UpFirDn2d.apply(dy, f, bgeom, ctx.kernel)
+        return dx, None, None, None
+
+
+def _upfirdn2d_function(x: torch.Tensor, f: torch.Tensor, geom: _Geometry, kernel: Kernel) -> torch.Tensor:
+    """Run upfirdn2d through `_UpFirDn2d`; a 1-D filter becomes an x pass and a y pass."""
+    if f.ndim == 2:
+        return _UpFirDn2d.apply(x, f, geom, kernel)
+    # The x and y parts of a separable op commute, so do all of x first, then all of y.
+    gx = dataclasses.replace(geom, upy=1, downy=1, py0=0, py1=0)
+    gy = dataclasses.replace(geom, upx=1, downx=1, px0=0, px1=0)
+    x = _UpFirDn2d.apply(x, f[None, :], gx, kernel)
+    return _UpFirDn2d.apply(x, f[:, None], gy, kernel)
+
+
+def _cuda_kernel(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torch.Tensor:
+    module = _plugin.get()
+    if module is None:  # only reachable if the plugin vanished after dispatch
+        raise RuntimeError(f"upfirdn2d: the CUDA plugin is unavailable ({_plugin.failed_reason})")
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    g = geom
+    return module.upfirdn2d(
+        x.contiguous(), f.contiguous(), g.upx, g.upy, g.downx, g.downy,
+        g.px0, g.px1, g.py0, g.py1, g.flip, stream,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Public ops.
+
+
+def _choose_impl(x: torch.Tensor, f: torch.Tensor, impl: Optional[str]) -> str:
+    if impl not in (None, "ref", "cuda"):
+        raise ValueError(f"impl must be None, 'ref' or 'cuda', got {impl!r}")
+    if impl == "ref":
+        return "ref"
+    if impl == "cuda":
+        if not x.is_cuda:
+            raise ValueError("upfirdn2d: impl='cuda' needs x on a CUDA device, got a tensor on " + str(x.device))
+        if f.requires_grad:
+            raise ValueError("upfirdn2d: impl='cuda' treats f as a constant; use impl='ref' to differentiate w.r.t. f")
+        if f.numel() > MAX_CUDA_FILTER_TAPS:
+            raise ValueError(f"upfirdn2d: impl='cuda' takes at most {MAX_CUDA_FILTER_TAPS} filter taps, got {f.numel()}")
+        return "cuda" if _plugin.get() is not None else "ref"  # get() warns once on failure
+    usable = x.is_cuda and not f.requires_grad and f.numel() <= MAX_CUDA_FILTER_TAPS
+    return "cuda" if usable and _plugin.get() is not None else "ref"
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    f: Optional[torch.Tensor],
+    up: Scaling = 1,
+    down: Scaling = 1,
+    padding: Padding = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: Optional[str] = None,
+) -> torch.Tensor:
+    """Upsample (zero insertion), pad/crop, FIR-filter and downsample `x` [N, C, H, W].
+
+    `f`: [fh, fw], [taps] (separable) or None (identity); multiplied by `gain ** (f.ndim / 2)`
+    so the total gain is `gain`. Output size per axis: (in*up + pad0 + pad1 - taps + down) // down.
+    """
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device if isinstance(x, torch.Tensor) else None)
+    get_filter_size(f)  # checks f's ndim with a clear message
+    upx, upy = parse_scaling(up, "up")
+    downx, downy = parse_scaling(down, "down")
+    px0, px1, py0, py1 = parse_padding(padding)
+    geom = _Geometry(upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter))
+    _check_args(x, f, geom)
+    f = f * (gain ** (f.ndim / 2))
+    if _choose_impl(x, f, impl) == "cuda":
+        return _upfirdn2d_function(x, f.to(device=x.device, dtype=torch.float32), geom, _cuda_kernel)
+    return _upfirdn2d_ref(x, f, geom)
+
+
+def filter2d(
+    x: torch.Tensor,
+    f: Optional[torch.Tensor],
+    padding: Padding = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: Optional[str] = None,
+) -> torch.Tensor:
+    """Filter `x` keeping its size; `padding` is extra padding on top of that."""
+    fw, fh = get_filter_size(f)
+    px0, px1, py0, py1 = parse_padding(padding)
+    # Centre the filter: total padding taps-1, the odd one out at the start.
+    pad = [px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2]
+    return upfirdn2d(x, f, padding=pad, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+def upsample2d(
+    x: torch.Tensor,
+    f: Optional[torch.Tensor],
+    up: Scaling = 2,
+    padding: Padding = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: Optional[str] = None,
+) -> torch.Tensor:
+    """Upsample `x` by `up` (output in*up per axis) with the interpolation filter `f`.
+
+    The gain is multiplied by upx*upy, so a normalised filter keeps the image's mean.
+    """
+    upx, upy = parse_scaling(up, "up")
+    fw, fh = get_filter_size(f)
+    px0, px1, py0, py1 = parse_padding(padding)
+    # Total padding taps-1 keeps in*up samples; this split puts output pixel j at input
+    # coordinate (j + 0.5) / up - 0.5, i.e. the up-sampled grid stays centred on the input.
+    sx0, sy0 = (fw + upx - 1) // 2, (fh + upy - 1) // 2
+    pad = [px0 + sx0, px1 + fw - 1 - sx0, py0 + sy0, py1 + fh - 1 - sy0]
+    return upfirdn2d(x, f, up=(upx, upy), padding=pad, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
+
+
+def downsample2d(
+    x: torch.Tensor,
+    f: Optional[torch.Tensor],
+    down: Scaling = 2,
+    padding: Padding = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: Optional[str] = None,
+) -> torch.Tensor:
+    """Downsample `x` by `down` (output in // down per axis) after the anti-aliasing filter `f`."""
+    downx, downy = parse_scaling(down, "down")
+    fw, fh = get_filter_size(f)
+    px0, px1, py0, py1 = parse_padding(padding)
+    # Total padding taps-down keeps in/down samples; the split centres output pixel j on
+    # input coordinate (j + 0.5) * down - 0.5.
+    sx0, sy0 = (fw - downx + 1) // 2, (fh - downy + 1) // 2
+    pad = [px0 + sx0, px1 + fw - downx - sx0, py0 + sy0, py1 + fh - downy - sy0]
+    return upfirdn2d(x, f, down=(downx, downy), padding=pad, flip_filter=flip_filter, gain=gain, impl=impl)
