@@ -115,3 +115,14 @@ def test_all_reduce_across_two_processes(tmp_path):
         assert result["Loss/G"][2] == pytest.approx(np.std(values))
         assert result["Only0"][:2] == [1, 5.0]
         assert result["Rank1Only"][:2] == [1, 4.0]
+
+
+def test_new_collector_ignores_values_reported_before_it():
+    registry = ts.StatsRegistry()
+    first = ts.Collector(registry=registry)
+    ts.report("Loss/x", torch.tensor([10.0, 10.0]), registry=registry)
+    first.update()
+    second = ts.Collector(registry=registry)
+    ts.report("Loss/x", torch.tensor([1.0, 3.0]), registry=registry)
+    second.update()
+    assert second.num("Loss/x") == 2 and second.mean("Loss/x") == 2.0

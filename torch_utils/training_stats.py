@@ -113,6 +113,10 @@ class Collector:
         self.registry = registry if registry is not None else default_registry
         self._last_cumulative: dict[str, torch.Tensor] = {}
         self._stats: dict[str, np.ndarray] = {}  # name -> float64 moments of the last interval.
+        # Values reported before this collector existed (e.g. by an earlier run in the same
+        # process) are not its business: remember this process's totals and subtract them.
+        existing = [n for n in self.registry.moments if self.matches(n)]
+        self._baseline = dict(zip(existing, self.registry.cumulative(existing, torch.device("cpu"))))
         self.registry.add_collector(self)
 
     def matches(self, name: str) -> bool:
@@ -135,6 +139,9 @@ class Collector:
         """Fetch the moments of the interval since the last update (a collective call when distributed)."""
         names = self._global_names()
         cumulative = self.registry.cumulative(names, self._sync_device())
+        for i, name in enumerate(names):
+            if name in self._baseline:
+                cumulative[i] -= self._baseline[name].to(cumulative.device)
         if _dist_initialized():
             torch.distributed.all_reduce(cumulative)
         cumulative = cumulative.cpu()

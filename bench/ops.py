@@ -1,0 +1,101 @@
+"""Prints forward+backward times of bias_act and upfirdn2d: the reference path, and CUDA where present.
+
+    python bench/ops.py            # StyleGAN-sized shapes: [32,512,64,64] and [32,128,256,256]
+    python bench/ops.py --quick    # small shapes, a few seconds on a CPU
+    python bench/ops.py --device cuda --repeats 50
+
+Times are medians over repeats after warm-up; on a GPU each timing is bracketed by
+synchronisations. The ratio column is reference / CUDA for the same shape and device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from torch_utils.ops import bias_act as bias_act_mod  # noqa: E402
+from torch_utils.ops import upfirdn2d as upfirdn2d_mod  # noqa: E402
+
+FULL_SHAPES = [(32, 512, 64, 64), (32, 128, 256, 256)]
+QUICK_SHAPES = [(4, 64, 32, 32), (4, 32, 64, 64)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def bias_act_case(shape, device, impl) -> Callable[[], None]:
+    x = torch.randn(shape, device=device, requires_grad=True)
+    b = torch.randn(shape[1], device=device, requires_grad=True)
+
+    def run():
+        y = bias_act_mod.bias_act(x, b, act="lrelu", clamp=256, impl=impl)
+        y.backward(torch.ones_like(y))
+    return run
+
+
+def upfirdn2d_case(shape, device, impl) -> Callable[[], None]:
+    x = torch.randn(shape, device=device, requires_grad=True)
+    f = upfirdn2d_mod.setup_filter([1, 3, 3, 1], device=device)
+
+    def run():
+        y = upfirdn2d_mod.upsample2d(x, f, up=2, impl=impl)
+        y.backward(torch.ones_like(y))
+    return run
+
+
+def bench(name: str, make_case, shapes, device: torch.device, repeats: int, cuda_ok: bool) -> None:
+    for shape in shapes:
+        ref_ms = time_fn(make_case(shape, device, "ref"), device, repeats)
+        cuda_ms: Optional[float] = None
+        if cuda_ok:
+            cuda_ms = time_fn(make_case(shape, device, "cuda"), device, repeats)
+        ratio = f"{ref_ms / cuda_ms:6.2f}x" if cuda_ms else "     -"
+        cuda_txt = f"{cuda_ms:10.2f}" if cuda_ms else "         -"
+        print(f"{name:<10} {str(list(shape)):<22} {ref_ms:10.2f} {cuda_txt} {ratio}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="small shapes (CPU smoke run)")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    repeats = args.repeats or (5 if device.type == "cpu" else 30)
+    cuda_ok = device.type == "cuda" and bias_act_mod._plugin.get() is not None and upfirdn2d_mod._plugin.get() is not None
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats}; forward+backward")
+    if device.type == "cuda" and not cuda_ok:
+        print("CUDA plugins unavailable: timing the reference path only")
+    print(f"{'op':<10} {'shape':<22} {'ref ms':>10} {'cuda ms':>10} {'ratio':>7}")
+    bench("bias_act", bias_act_case, shapes, device, repeats, cuda_ok)
+    bench("upfirdn2d", upfirdn2d_case, shapes, device, repeats, cuda_ok)
+
+
+if __name__ == "__main__":
+    main()
