@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -138,35 +135,13 @@ def synthetic(dest: Path, num_classes: int, images_per_class: int, resolution: i
         from training.synthetic.build import build_synthetic_dataset
     except ImportError as e:
         raise click.ClickException(f"synthetic data-set generator unavailable: {e}") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Build under a temporary sibling name (keeping the .zip suffix that selects the format), then rename.
-    tmp = dest.with_name(f".{dest.stem}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}{dest.suffix}")
-    try:
-        summary = build_synthetic_dataset(tmp, num_classes=num_classes, images_per_class=images_per_class,
-                                          resolution=resolution, seed=seed, workers=workers,
-                                          nuisance=_nuisance(backgrounds, distractors, lighting), progress=True)
-        _replace(tmp, dest)
-    finally:
-        _discard(tmp)
-    click.echo(f"wrote {dest}: {summary}")
-
-
-def _replace(tmp: Path, dest: Path) -> None:
-    """Move a finished tmp zip/folder onto dest (an old dest is removed only after the new one is in place)."""
-    if tmp.is_dir() and dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        _discard(old)
-    else:
-        os.replace(tmp, dest)
-
-
-def _discard(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
+    # The builder writes under a temporary name and replaces an old --dest only once the new one is complete.
+    summary = build_synthetic_dataset(dest, num_classes=num_classes, images_per_class=images_per_class,
+                                      resolution=resolution, seed=seed, workers=workers, overwrite=force,
+                                      nuisance=_nuisance(backgrounds, distractors, lighting), progress=True)
+    click.echo(f"wrote {dest}: {summary['images']} images of {len(summary['classes'])} classes "
+               f"({', '.join(summary['classes'])}) at {resolution}x{resolution} in {summary['seconds']:.1f} s "
+               f"({summary['images_per_second']:.0f} images/s)")
 
 
 if __name__ == "__main__":

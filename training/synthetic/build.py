@@ -141,9 +141,16 @@ class _Writer:
             path.write_bytes(data)
 
     def commit(self) -> None:
+        """Publish the finished archive; an existing one is replaced only now (a zip atomically)."""
         if self.is_zip:
             self.zip.close()
-        os.replace(self.tmp, self.dest)
+        if self.dest.is_dir():  # a folder cannot be replaced atomically: move the old one aside first
+            old = self.dest.with_name(f"{self.dest.name}.old-{os.getpid()}")
+            os.replace(self.dest, old)
+            os.replace(self.tmp, self.dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.tmp, self.dest)
 
     def abort(self) -> None:
         if self.is_zip:
@@ -234,8 +241,6 @@ def build_synthetic_dataset(
         writer.write("meta/instances.json", _json(instances))
         writer.write("meta/build.json", _json(build_args))
         writer.write("meta/README.txt", README.encode())
-        if overwrite and dest.exists():
-            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
         writer.commit()
     except BaseException:
         writer.abort()
