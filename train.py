@@ -116,7 +116,8 @@ def main(cfg, outdir, gpus, device, desc, dry_run, resume, multiview_at, **flags
     opts.resume = _resolve_resume(resume, outdir)
     opts.num_gpus, opts.device = num_procs, "cuda" if use_cuda else "cpu"
     if not Path(opts.data).exists():
-        raise click.BadParameter(f"data set '{opts.data}' does not exist (build it with dataset_tool.py; see README)",
+        how = f"build it with:\n  {opts.data_command}" if opts.get("data_command") else "build it with dataset_tool.py"
+        raise click.BadParameter(f"data set '{opts.data}' does not exist; {how}\n(or pass --data PATH)",
                                  param_hint="--data")
 
     if dry_run:

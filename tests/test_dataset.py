@@ -217,3 +217,20 @@ def test_dataset_carries_class_table(ds_path):
     assert ds.classes == CLASSES and ds.lookup_class(986) == 1
     ds.classes[0]["name"] = "changed"  # a copy: the data set's table is not mutated
     assert ds.classes[0]["name"] == "mushroom"
+
+
+def test_global_batch_sampler_splits_each_global_batch_across_ranks():
+    from training.dataset import GlobalBatchSampler
+
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    single = take(GlobalBatchSampler(50, global_batch=8, seed=3), 24)
+    ranks = [take(GlobalBatchSampler(50, global_batch=8, rank=r, num_replicas=2, seed=3), 12) for r in range(2)]
+    for step in range(3):
+        block = single[step * 8:(step + 1) * 8]
+        assert ranks[0][step * 4:(step + 1) * 4] == block[:4] and ranks[1][step * 4:(step + 1) * 4] == block[4:]
+    resumed = GlobalBatchSampler(50, global_batch=8, seed=3)
+    resumed.set_position(2)
+    assert take(resumed, 8) == single[16:24]

@@ -24,7 +24,7 @@ class StubG(torch.nn.Module):
     def planes(self, ws):
         return ws
 
-    def synthesis(self, ws, views=1, update_emas=False):
+    def synthesis(self, ws, views=1, update_emas=False, neural_res=None):
         b = ws.shape[0]
         value = torch.tensor([(i + 10 * v) / 100 for i in range(b) for v in range(views)])  # item-major
         image = (value * self.scale)[:, None, None, None].expand(b * views, 3, 8, 8)

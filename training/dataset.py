@@ -16,7 +16,7 @@ from PIL import Image
 
 from training.dataset_classes import class_table_lookup  # re-exported: the generation tools use it from here
 
-__all__ = ["ImageDataset", "InfiniteSampler", "class_table_lookup"]
+__all__ = ["ImageDataset", "InfiniteSampler", "GlobalBatchSampler", "class_table_lookup"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 HIDDEN_PREFIX = "meta/"  # ground truth of synthetic data sets: never listed, never readable here
@@ -295,3 +295,34 @@ class InfiniteSampler(torch.utils.data.Sampler):
             if key in state and int(state[key]) != mine:
                 raise ValueError(f"InfiniteSampler.load_state_dict: saved {key}={state[key]} but this sampler has {mine}")
         self.position = int(state["position"])
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Rank `rank`'s share of every global batch drawn from one shared index stream.
+
+    All ranks walk the same `InfiniteSampler(num_replicas=1)` stream; from each block of
+    `global_batch` consecutive indices, rank r takes items [r*B/W, (r+1)*B/W). So a run on W
+    processes sees exactly the images a single process would see with the same total batch,
+    in the same order of rounds, which is what makes results independent of the GPU count.
+    The resume state is the stream position: `global_batch` times the number of steps taken.
+    """
+
+    def __init__(self, dataset: Union[torch.utils.data.Dataset, int], global_batch: int, rank: int = 0,
+                 num_replicas: int = 1, shuffle: bool = True, seed: int = 0):
+        if global_batch % num_replicas != 0:
+            raise ValueError(f"GlobalBatchSampler: global_batch={global_batch} is not divisible by "
+                             f"num_replicas={num_replicas}")
+        self.stream = InfiniteSampler(dataset, rank=0, num_replicas=1, shuffle=shuffle, seed=seed)
+        self.global_batch, self.rank, self.num_replicas = global_batch, rank, num_replicas
+        self.per_rank = global_batch // num_replicas
+
+    def __iter__(self) -> Iterator[int]:
+        stream = iter(self.stream)
+        lo, hi = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
+        while True:
+            block = [next(stream) for _ in range(self.global_batch)]
+            yield from block[lo:hi]
+
+    def set_position(self, steps: int) -> None:
+        """Continue after `steps` global batches (the position must be set before iterating)."""
+        self.stream.position = int(steps) * self.global_batch

@@ -100,6 +100,7 @@ class TriPlaneGANLoss:
         self.schedule = schedule or MultiViewSchedule()
         self.dual_discrimination = dual_discrimination
         self.real_logits_hook = real_logits_hook
+        self.neural_res: Optional[int] = None  # set by the loop's resolution schedule; None: G's own
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -120,13 +121,14 @@ class TriPlaneGANLoss:
 
     def generate(self, z: torch.Tensor, c: torch.Tensor, views: int, update_emas: bool = False) -> Dict[str, Any]:
         """Fakes for D: one tri-plane per latent, `views` renders each, returned view-major."""
-        out = self.G.synthesis(self.map(z, c, update_emas=update_emas), views=views, update_emas=update_emas)
+        out = self.G.synthesis(self.map(z, c, update_emas=update_emas), views=views, update_emas=update_emas,
+                               neural_res=self.neural_res)
         return dict(image=_item_to_view_major(out["image"], views),
                     image_raw=_item_to_view_major(out["image_raw"], views), ws=out["ws"], planes=out["planes"])
 
     def real_inputs(self, real_img: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Reals as D sees them: the image and, for a dual D, its copy at neural-render resolution."""
-        raw = _resize(real_img, self.G.neural_res) if self.dual_discrimination else real_img
+        raw = _resize(real_img, self.neural_res or self.G.neural_res) if self.dual_discrimination else real_img
         return dict(image=real_img, image_raw=raw)
 
     def discriminate(self, img: Dict[str, torch.Tensor], c: torch.Tensor, blur_sigma: float,

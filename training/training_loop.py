@@ -35,7 +35,7 @@ from torch_utils import misc, training_stats
 from torch_utils.checkpoint import load_state, save_state
 from training import distributed as tdist
 from training.augment import AdaptiveP, build_augment_pipe
-from training.dataset import ImageDataset, InfiniteSampler
+from training.dataset import GlobalBatchSampler, ImageDataset
 from training.discriminator import Discriminator
 from training.loss import MultiViewSchedule, TriPlaneGANLoss
 from training.options import to_plain
@@ -134,8 +134,8 @@ class Trainer:
         self.dataset = ImageDataset(opts.data, xflip=bool(opts.mirror), use_labels=True)
         if self.dataset.label_dim == 0:
             raise ValueError(f"--data '{opts.data}': the data set has no class labels; this model is class-conditional")
-        self.sampler = InfiniteSampler(self.dataset, rank=self.info.rank, num_replicas=self.info.world_size,
-                                       seed=int(opts.seed))
+        self.sampler = GlobalBatchSampler(self.dataset, global_batch=opts.batch, rank=self.info.rank,
+                                          num_replicas=self.info.world_size, seed=int(opts.seed))
         self._labels = torch.as_tensor(self.dataset.labels, dtype=torch.long)
 
     def _make_loader_iter(self):
@@ -194,19 +194,35 @@ class Trainer:
         images = images.to(self.device).to(torch.float32) / 127.5 - 1
         return images, self.dataset.one_hot(labels).to(self.device)
 
-    def _sample_latents(self) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn([self.batch_per_gpu, self.G.z_dim], device=self.device)
-        idx = torch.randint(len(self._labels), [self.batch_per_gpu])
+    def _sample_latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn([n, self.G.z_dim], device=self.device)
+        idx = torch.randint(len(self._labels), [n])
         return z, self.dataset.one_hot(self._labels[idx]).to(self.device)
 
-    def _run_phase(self, phase: EasyDict, real_img: torch.Tensor, real_c: torch.Tensor) -> None:
-        gen_z, gen_c = self._sample_latents()
+    def _seed_round(self, phase_idx: int, global_round: int) -> None:
+        """Seed every random draw of one round from (seed, step, phase, global round index).
+
+        Latents, cameras, noise, augmentation and regulariser points then depend only on where
+        the round sits in the global batch, not on which process runs it: W processes with
+        batch B give the same training as one process with batch B and the same batch_gpu.
+        """
+        key = [int(self.opts.seed), self.batch_idx, phase_idx, global_round]
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> 1))
+
+    def _run_phase(self, phase_idx: int, phase: EasyDict, real_img: torch.Tensor, real_c: torch.Tensor) -> None:
         phase.opt.zero_grad(set_to_none=True)
         phase.module.requires_grad_(True)
         batch_gpu = int(self.opts.batch_gpu)
-        for rounds in zip(real_img.split(batch_gpu), real_c.split(batch_gpu), gen_z.split(batch_gpu),
-                          gen_c.split(batch_gpu)):
-            self.loss.accumulate_gradients(phase.name, *rounds, gain=phase.interval, cur_nimg=self.cur_nimg)
+        rounds = list(zip(real_img.split(batch_gpu), real_c.split(batch_gpu)))
+        # Each round's loss is a mean over its images; averaging over all rounds of all processes
+        # (1/rounds here, the mean over processes in the all-reduce) makes the gradient the mean
+        # over the global batch, whatever the split.
+        gain = phase.interval / len(rounds)
+        for k, (real_round, c_round) in enumerate(rounds):
+            self._seed_round(phase_idx, self.info.rank * len(rounds) + k)
+            gen_z, gen_c = self._sample_latents(real_round.shape[0])
+            self.loss.accumulate_gradients(phase.name, real_round, c_round, gen_z, gen_c, gain=gain,
+                                           cur_nimg=self.cur_nimg)
         phase.module.requires_grad_(False)
         flat = tdist.all_reduce_grads(phase.module.parameters(), self.info.world_size)
         if flat is None:
@@ -249,9 +265,10 @@ class Trainer:
             self.multiview_started_nimg = self.cur_nimg
             self.log(f"Multi-view discrimination on: {views} views per tri-plane from {self.cur_nimg / 1000:.1f} kimg")
         real_img, real_c = self._fetch_reals(data_iter)
-        for phase in self.phases:
+        self.loss.neural_res = self._neural_res_at(self.cur_nimg)
+        for phase_idx, phase in enumerate(self.phases):
             if self.batch_idx % phase.interval == 0:
-                self._run_phase(phase, real_img, real_c)
+                self._run_phase(phase_idx, phase, real_img, real_c)
         self._update_ema()
         self.cur_nimg += self.opts.batch
         self.batch_idx += 1
@@ -259,14 +276,13 @@ class Trainer:
     # -- reporting and snapshots -------------------------------------------------------------
 
     def _neural_res_at(self, nimg: int) -> Optional[int]:
-        schedule = self.opts.get("neural_res_schedule")
-        if not schedule:
+        """Neural-rendering resolution: `neural_res_fade` = {initial, final, start_kimg, fade_kimg}
+        moves linearly (rounded to even sizes) from initial to final; None: the generator's own."""
+        fade = self.opts.get("neural_res_fade")
+        if not fade:
             return None
-        res = None
-        for start_kimg, value in schedule:
-            if nimg >= start_kimg * 1000:
-                res = int(value)
-        return res
+        t = min(max((nimg / 1000 - fade["start_kimg"]) / max(fade["fade_kimg"], 1e-8), 0.0), 1.0)
+        return int(round((fade["initial"] + t * (fade["final"] - fade["initial"])) / 2)) * 2
 
     def _tick_report(self, tick_start: float, tick_start_nimg: int, collector: training_stats.Collector,
                      writer) -> None:
@@ -330,7 +346,7 @@ class Trainer:
             "optimizers": {p.name: p.opt.state_dict() for p in self.phases if p.name.endswith(("_main", "_both"))},
             "augment_pipe": self.augment_pipe.state_dict() if self.augment_pipe is not None else None,
             "ada": json.dumps(self.ada.state_dict()) if self.ada is not None else None,
-            "sampler_position": self.batch_idx * self.batch_per_gpu,
+            "sampler_position": self.batch_idx * self.opts.batch,
             "multiview": {"views": self.schedule.views_at(self.cur_nimg), "at_kimg": self.schedule.start_kimg,
                           "started_nimg": self.multiview_started_nimg},
             "nonfinite_total": self.nonfinite_total,
@@ -388,7 +404,7 @@ class Trainer:
             self.ada.load_state_dict(json.loads(state["ada"]))
         self.multiview_started_nimg = state["multiview"]["started_nimg"]
         self.nonfinite_total = state["nonfinite_total"]
-        self.sampler.load_state_dict({"position": state["sampler_position"]})
+        self.sampler.set_position(self.batch_idx)
         if state["world_size"] == self.info.world_size:
             _restore_rng(state["rng"][self.info.rank])
         else:

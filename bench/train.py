@@ -1,0 +1,94 @@
+"""Prints sec/kimg, images/s and peak memory of a short training run of a named config.
+
+    python bench/train.py --cfg demo
+    python bench/train.py --cfg imagenet100 --batch 2 --steps 3      # reduced batch on a CPU
+    python bench/train.py --cfg imagenet100 --multiview              # with 3-view discrimination
+
+The run uses the config's data set when it exists, otherwise a small synthetic set at the
+config's resolution written to a temporary folder (image content does not change the speed).
+Warm-up steps are not timed. Peak memory: the process's maximum RSS on CPU, and
+torch.cuda.max_memory_allocated on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from training import distributed as tdist  # noqa: E402
+from training.options import load_config, validate_options  # noqa: E402
+from training.training_loop import Trainer  # noqa: E402
+
+
+def _data_for(opts, resolution: int, tmp: str) -> str:
+    if Path(opts.data).exists():
+        return opts.data
+    from training.synthetic import build_synthetic_dataset
+
+    path = os.path.join(tmp, f"bench-{resolution}.zip")
+    build_synthetic_dataset(path, num_classes=4, images_per_class=16, resolution=resolution, progress=False)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", default="demo")
+    parser.add_argument("--batch", type=int, default=None, help="total batch (default: the config's)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--multiview", action="store_true", help="time with multi-view discrimination on")
+    parser.add_argument("--resolution", type=int, default=None, help="data resolution if no data set exists")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    opts = load_config(args.cfg)
+    opts.batch = args.batch or opts.batch
+    opts.batch_gpu = None
+    opts.multiview_at = 0 if args.multiview else None
+    opts.workers, opts.resume, opts.kimg = 0, None, 1e9
+    opts = validate_options(opts, 1)
+    resolution = args.resolution or int(opts.get("resolution", 0) or 0) or _guess_resolution(opts.data)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.data = _data_for(opts, resolution, tmp)
+        trainer = Trainer(opts, Path(tmp) / "run", tdist.DistInfo(device=device))
+        data_iter = trainer._make_loader_iter()
+        for _ in range(args.warmup):
+            trainer.step(data_iter)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.step(data_iter)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    images = args.steps * opts.batch
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
+    views = opts.views if args.multiview else 1
+    print(f"cfg {args.cfg}  device {device}  threads {torch.get_num_threads()}  batch {opts.batch}  views {views}  "
+          f"resolution {trainer.dataset.resolution}")
+    print(f"sec/kimg {seconds / images * 1000:.1f}  images/s {images / seconds:.2f}  "
+          f"s/step {seconds / args.steps:.3f}  peak memory {peak:.2f} GiB")
+
+
+def _guess_resolution(data: str) -> int:
+    """Resolution from a data path such as datasets/imagenet100-256.zip (default 64)."""
+    stem = Path(data).stem
+    tail = stem.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 64
+
+
+if __name__ == "__main__":
+    main()
