@@ -20,13 +20,6 @@ CLASSES = [
     {"index": 2, "name": "tabby, tabby cat", "synset": "n02123045", "imagenet_index": 281},
 ]
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run much faster on one thread on a shared CPU (no thread-pool contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

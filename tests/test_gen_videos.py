@@ -12,13 +12,6 @@ import gen_videos
 from test_gen_samples import write_tiny_snapshot
 from training import gen_utils, trajectories
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run much faster on one thread on a shared CPU (no thread-pool contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

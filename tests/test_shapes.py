@@ -13,13 +13,6 @@ trimesh = pytest.importorskip("trimesh", reason="mesh export needs trimesh")
 RADIUS = 0.3
 BOX = 1.0
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run much faster on one thread on a shared CPU (no thread-pool contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 
