@@ -42,6 +42,7 @@ from training.options import to_plain
 from training.snapshot import list_snapshots, load_snapshot, save_snapshot, snapshot_name, state_name
 from training.triplane import TriPlaneGenerator
 from training.visualize import colorize_depth, save_grid, to_uint8
+from training.volumetric_rendering import cameras_from_angles
 
 __all__ = ["training_loop", "Trainer", "NonFiniteError"]
 
@@ -311,22 +312,24 @@ class Trainer:
         if writer is not None:
             writer.write(collector, step=self.cur_nimg // 1000)
 
-    def save_grid(self, name: str) -> None:
-        """Fixed samples (several classes) as V views plus depth each; leaves the RNG stream alone."""
+    def save_grid(self, name: str, per_class: int = 2) -> None:
+        """Fixed samples (up to 6 classes, `per_class` latents each) as V views plus depth each.
+
+        Runs under `fork_rng` with its own seed, so it leaves the training RNG stream alone.
+        """
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(123)
             num_classes = self.dataset.label_dim
             classes = sorted({int(round(i)) for i in np.linspace(0, num_classes - 1, min(num_classes, 6))})
+            classes = [k for k in classes for _ in range(per_class)]
             z = torch.randn([len(classes), self.G.z_dim], device=self.device)
             c = self.dataset.one_hot(torch.tensor(classes)).to(self.device)
             views = max(self.opts.views, 3)
-            from training.volumetric_rendering import cameras_from_angles
-            yaws = [360.0 * v / views for v in range(views)]
-            cams = cameras_from_angles(yaws * len(classes), [20.0] * views * len(classes),
-                                       radius=self.G.camera_kwargs["radius"], fov_deg=self.G.camera_kwargs["fov_deg"],
-                                       device=self.device)
+            cams = cameras_from_angles([360.0 * v / views for v in range(views)] * len(classes),
+                                       [20.0] * views * len(classes), radius=self.G.camera_kwargs["radius"],
+                                       fov_deg=self.G.camera_kwargs["fov_deg"], device=self.device)
             with torch.no_grad():
-                out = self.G_ema(z.repeat_interleave(1, 0), c, cameras=cams, noise_mode="const")
+                out = self.G_ema(z, c, cameras=cams, noise_mode="const")
             images = to_uint8(out["image"])
             depth = colorize_depth(out["image_depth"], opacity=out["opacity"])
             rows = [[images[i * views + v] for v in range(views)] + [depth[i * views + v] for v in range(views)]
@@ -457,6 +460,8 @@ def training_loop(opts: EasyDict, run_dir: Optional[Path], info: tdist.DistInfo)
     """Build and run the trainer in this process; returns it (tests inspect its networks)."""
     if info.device.type == "cuda":
         torch.cuda.set_device(info.device)
+    elif opts.get("tune_cpu_allocator", True):
+        misc.tune_cpu_allocator()  # far fewer page faults per step on a CPU (see torch_utils/misc.py)
     trainer = Trainer(opts, run_dir, info)
     trainer.run()
     return trainer

@@ -96,7 +96,8 @@ def bias_act(
         alpha: activation parameter (lrelu slope, elu/selu alpha); None means the default.
         gain: scale after the activation; None means the default (sqrt(2) for relu/lrelu, else 1).
         clamp: bound applied after gain; None or negative means no clamp.
-        impl: None (CUDA kernel when x is on a GPU and the plugin builds, else reference),
+        impl: None (CUDA kernel when x is on a GPU and the plugin builds; on CPU a fused
+            in-place path for linear/relu/lrelu with gain > 0; else reference),
             'ref' (plain PyTorch) or 'cuda'.
     """
     spec, dim, alpha, gain, clamp = _check_args(x, b, dim, act, alpha, gain, clamp, impl)
@@ -107,6 +108,8 @@ def bias_act(
         if module is not None:
             cfg = _CudaConfig.make(act, spec, dim, alpha, gain, clamp, module.bias_act)
             return _bias_act_cuda(x, b, cfg)
+    if impl is None and x.device.type == "cpu" and act in _CPU_ACTS and gain > 0 and alpha >= 0 and x.numel() > 0:
+        return _bias_act_cuda(x, b, _CudaConfig.make(act, spec, dim, alpha, gain, clamp, _cpu_kernel))
     return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)
 
 
@@ -149,6 +152,43 @@ def _bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor], dim: int, spec: Ea
     if clamp >= 0:
         x = x.clamp(-clamp, clamp)
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU fast path for the piecewise-linear activations: the kernel contract of the CUDA path
+# (forward and derivative-from-output modes) met with in-place torch ops, so one forward is
+# three passes over memory instead of five allocating ones, and the backward reads only y.
+
+_CPU_ACTS = ("linear", "relu", "lrelu")
+
+
+def _cpu_kernel(x, b, y, g, mode, act_index, dim, alpha, gain, clamp, stream):
+    """CPU stand-in for the plugin's bias_act (linear/relu/lrelu with gain > 0; modes 0 and 2)."""
+    del stream
+    act = ("linear", "relu", "lrelu")[act_index]
+    if mode == _FORWARD:
+        if b.numel() > 0:
+            shape = [-1 if d == dim else 1 for d in range(x.ndim)]
+            out = torch.add(b.reshape(shape) * gain, x, alpha=gain)  # (x + b) * gain in one pass
+        else:
+            out = x * gain
+        # act(z) * gain == act(z * gain) for these activations when gain > 0.
+        if act == "relu":
+            out.relu_()
+        elif act == "lrelu":
+            torch.nn.functional.leaky_relu_(out, alpha)
+        if clamp >= 0:
+            out.clamp_(-clamp, clamp)
+        return out
+    if mode != _GRAD_FROM_Y:
+        raise ValueError(f"bias_act CPU kernel: mode {mode} is not supported")
+    # Clamped outputs had no gradient: |y| < clamp tells them apart (as the CUDA kernel does).
+    dx = torch.ops.aten.hardtanh_backward(g, y, -clamp, clamp) if clamp >= 0 else g
+    if act == "relu":
+        dx = torch.ops.aten.threshold_backward(dx, y, 0.0)
+    elif act == "lrelu":
+        dx = torch.ops.aten.leaky_relu_backward(dx, y, alpha, True)
+    return dx * gain if gain != 1 else (dx if dx is not g else dx.clone())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,10 +15,12 @@ Filters: a 2-D tensor `[fh, fw]`, or a 1-D tensor `[taps]` meaning the separable
 The filter is multiplied by `gain ** (f.ndim / 2)`, so the total gain is `gain` in both cases
 (a separable filter is applied twice, each time with `sqrt(gain)`).
 
-`impl`: None picks the CUDA plugin when `x` is on a GPU and the plugin builds, else the
-reference path; 'ref' forces the reference; 'cuda' asks for the plugin (error for CPU tensors).
-The CUDA path treats the filter as a constant (no gradient w.r.t. `f`); with a filter that
-requires grad, `impl=None` uses the reference path.
+`impl`: None picks the CUDA plugin when `x` is on a GPU and the plugin builds, the CPU fast
+path (shifted-slice sums, one axis at a time; same results within float rounding) for CPU
+tensors, else the reference path; 'ref' forces the reference; 'cuda' asks for the plugin
+(error for CPU tensors).
+The CUDA and CPU fast paths treat the filter as a constant (no gradient w.r.t. `f`); with a
+filter that requires grad, `impl=None` uses the reference path.
 """
 
 from __future__ import annotations
@@ -242,6 +244,100 @@ def _ref_kernel(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torch.Tens
 
 
 # ----------------------------------------------------------------------------------------
+# CPU fast path: the same op as a sum of shifted slices, one axis at a time. CPU depthwise
+# convolutions (what the reference runs) are slow; a few fused multiply-adds over strided views
+# are several times faster. Used through `_UpFirDn2d`, so gradients (any order) come from the
+# adjoint geometry exactly as on the CUDA path.
+
+
+def _taps_1d(x: torch.Tensor, h: Sequence[float], dim: int, up: int, down: int, p0: int, p1: int) -> torch.Tensor:
+    """One axis of upfirdn2d: y[q] = sum_k h[k] * s[q*down + k], s = x zero-inserted (up), padded (p0, p1).
+
+    ``h`` is the correlation filter. For up > 1 (down == 1) the output splits into `up`
+    phases; phase r reads only the taps k with (r + k - p0) % up == 0, each a plain shift
+    of x, so the inserted zeros are never touched.
+    """
+    length = x.shape[dim]
+    n = len(h)
+    out_len = (length * up + p0 + p1 - n + down) // down
+    if up == 1:
+        x = _pad_axis(x, dim, max(p0, 0), max(p1, 0))
+        start = max(-p0, 0)  # a negative pad crops
+        return _shifted_sum(x, h, range(n), [start + k for k in range(n)], dim, out_len, down)
+    if down != 1:  # not used by the networks: zero insertion, then the strided sum
+        x = _zero_insert(x, dim, up)
+        return _taps_1d(x, h, dim, 1, down, p0, p1)
+    phase_len = -(-out_len // up)
+    # Phase r, output t: taps k with (r + k - p0) % up == 0 read x[t + (r + k - p0) // up].
+    shifts = {r: [(k, (r + k - p0) // up) for k in range(n) if (r + k - p0) % up == 0] for r in range(up)}
+    lo = min([0] + [s for taps in shifts.values() for _, s in taps])
+    hi = max([0] + [s + phase_len - length for taps in shifts.values() for _, s in taps])
+    xp = _pad_axis(x, dim, -lo, hi)
+    # Phases interleave: output index t*up + r, written in place into one buffer [..., t, r, ...].
+    shape = list(x.shape)
+    shape[dim] = phase_len
+    y = x.new_empty(shape[:x.ndim + dim + 1] + [up] + shape[x.ndim + dim + 1:])
+    for r in range(up):
+        ks = [k for k, _ in shifts[r]]
+        _shifted_sum(xp, h, ks, [s - lo for _, s in shifts[r]], dim, phase_len, 1, out=y.select(dim, r))
+    shape[dim] = phase_len * up
+    return y.reshape(shape).narrow(dim, 0, out_len)
+
+
+def _pad_axis(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
+    if before == 0 and after == 0:
+        return x
+    pad = [before, after] if dim in (-1, x.ndim - 1) else [0, 0, before, after]
+    return F.pad(x, pad)
+
+
+def _zero_insert(x: torch.Tensor, dim: int, up: int) -> torch.Tensor:
+    y = torch.stack([x] + [torch.zeros_like(x)] * (up - 1), dim=dim + 1 if dim >= 0 else dim)
+    shape = list(x.shape)
+    shape[dim] *= up
+    return y.reshape(shape)
+
+
+def _shifted_sum(x: torch.Tensor, h: Sequence[float], taps, starts, dim: int, length: int,
+                 step: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """sum over taps k of h[k] * x[starts_k : starts_k + step*(length-1) + 1 : step] along dim (into ``out``)."""
+    first = True
+    for k, start in zip(taps, starts):
+        view = x.narrow(dim, start, step * (length - 1) + 1)
+        if step > 1:
+            view = view[..., ::step] if dim in (-1, x.ndim - 1) else view[..., ::step, :]
+        if first and out is None:
+            out = view * h[k]
+        elif first:
+            torch.mul(view, h[k], out=out)
+        else:
+            out.add_(view, alpha=h[k])
+        first = False
+    if first:  # every tap fell on inserted zeros
+        shape = list(x.shape)
+        shape[dim] = length
+        out = x.new_zeros(shape) if out is None else out.zero_()
+    return out
+
+
+def _cpu_kernel(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torch.Tensor:
+    """upfirdn2d of a one-axis 2-D filter ([1, taps]: x axis; [taps, 1]: y axis) by shifted slices."""
+    fh, fw = f.shape
+    if fh != 1 and fw != 1:
+        return _upfirdn2d_ref(x, f, geom)
+    h = f.reshape(-1)
+    h = (h if geom.flip else h.flip(0)).tolist()  # the correlation taps
+    if fh == 1:
+        x = _taps_1d(x, h, -1, geom.upx, geom.downx, geom.px0, geom.px1)
+        # The y part of this pass (up/down/pad with a 1-tap filter of value 1).
+        return _taps_1d(x, [1.0], -2, geom.upy, geom.downy, geom.py0, geom.py1) \
+            if (geom.upy, geom.downy, geom.py0, geom.py1) != (1, 1, 0, 0) else x
+    x = _taps_1d(x, h, -2, geom.upy, geom.downy, geom.py0, geom.py1)
+    return _taps_1d(x, [1.0], -1, geom.upx, geom.downx, geom.px0, geom.px1) \
+        if (geom.upx, geom.downx, geom.px0, geom.px1) != (1, 1, 0, 0) else x
+
+
+# ----------------------------------------------------------------------------------------
 # CUDA path: an autograd.Function whose backward is again upfirdn2d (any order by construction).
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, _Geometry], torch.Tensor]
@@ -339,6 +435,8 @@ def upfirdn2d(
     f = f * (gain ** (f.ndim / 2))
     if _choose_impl(x, f, impl) == "cuda":
         return _upfirdn2d_function(x, f.to(device=x.device, dtype=torch.float32), geom, _cuda_kernel)
+    if impl is None and x.device.type == "cpu" and not f.requires_grad:
+        return _upfirdn2d_function(x, f, geom, _cpu_kernel)
     return _upfirdn2d_ref(x, f, geom)
 
 

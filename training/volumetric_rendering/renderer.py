@@ -177,20 +177,29 @@ class VolumeRenderer(nn.Module):
     def _render_chunk(self, field, origins, dirs, near, far, rnd, nc, nf) -> Dict[str, torch.Tensor]:
         noise = rnd.get("noise")
         coarse = stratified_depths(near, far, nc, rnd.get("coarse_jitter"))
-        sigma_c, feat_c = self._query(field, origins, dirs, coarse)
         if nf == 0:
+            sigma_c, feat_c = self._query(field, origins, dirs, coarse)
             out = self._composite(coarse, sigma_c, feat_c, near, far, noise)
             out.update(depths=coarse, coarse_depths=coarse)
             return out
+        with torch.no_grad():  # the coarse pass only places the fine samples when grads are on
+            sigma_c, feat_c = self._query(field, origins, dirs, coarse)
         noise_c = None if noise is None else noise[:, :, :nc]
         weights_c = self._composite(coarse, sigma_c, feat_c, near, far, noise_c)["weights"]
         fine = importance_depths(coarse, weights_c.detach(), near, far, nf, rnd.get("fine_jitter"),
                                  self.pdf_floor, self.pdf_blur)
-        sigma_f, feat_f = self._query(field, origins, dirs, fine)
         depths, order = torch.sort(torch.cat([coarse, fine], dim=-1), dim=-1, stable=True)
-        sigma = torch.gather(torch.cat([sigma_c, sigma_f], dim=2), 2, order[..., None])
-        feats = torch.cat([feat_c, feat_f], dim=2)
-        feats = torch.gather(feats, 2, order[..., None].expand(-1, -1, -1, feats.shape[-1]))
+        if torch.is_grad_enabled():
+            # One differentiable query of all samples, already in depth order: the field's backward
+            # (e.g. a scatter into large feature planes) then runs once instead of twice, and no
+            # gather of features is needed. The coarse query above (no_grad) only placed the fine
+            # samples; the values are the same function of the same points.
+            sigma, feats = self._query(field, origins, dirs, depths)
+        else:
+            sigma_f, feat_f = self._query(field, origins, dirs, fine)
+            sigma = torch.gather(torch.cat([sigma_c, sigma_f], dim=2), 2, order[..., None])
+            feats = torch.cat([feat_c, feat_f], dim=2)
+            feats = torch.gather(feats, 2, order[..., None].expand(-1, -1, -1, feats.shape[-1]))
         if noise is not None:
             noise = torch.gather(noise, 2, order[..., None])
         out = self._composite(depths, sigma, feats, near, far, noise)

@@ -1,0 +1,229 @@
+"""Times the generator forward and one G+D training step of a named config (CPU, and CUDA where present).
+
+    python bench/step.py --cfg eg3d-small                 # the config's batch, CPU (and GPU if present)
+    python bench/step.py --cfg demo --repeats 2           # smoke run
+    python bench/step.py --cfg eg3d-small --device cpu --batch 8 --classes 100
+
+The networks are built from the config's `G:` and `D:` sections with `c_dim = --classes` and
+the image resolution from the config's optional top-level `resolution` key (128 when absent).
+Inputs are random: z ~ N(0, 1), one-hot classes, real images uniform in [-1, 1].
+
+What is timed (medians over --repeats after --warmup untimed runs):
+
+* "G forward": `G(z, c)` in training mode under `torch.no_grad()` (mapping, backbone,
+  rendering, super-resolution), i.e. the generator pass of a D step.
+* "G+D step": EG3D's two main phases, G_main then D_main, as the training loop runs them
+  (one view per tri-plane, no blur, no augmentation, no lazy regularisers, no optimiser step):
+    G_main: G's parameters require grad, D's do not; fake = G(z, c); logits = D(fake, c);
+            softplus(-logits).mean().backward()  (gradients reach G's weights through D's input);
+    D_main: D's parameters require grad, G's do not;
+            fake = G(z, c) under no_grad (EG3D regenerates the fakes here; with
+            --reuse-fakes the G_main fakes are detached and reused instead, skipping one
+            G forward); softplus(D(fake, c)).mean().backward();
+            softplus(-D(real, c)).mean().backward() with the real image and, for a dual D,
+            its bilinear (antialiased) resize to the neural-render resolution as the raw image.
+  Gradients are cleared (set to None) before each phase, as the loop does.
+* "images/s": batch / (G+D step time), i.e. fake images per second of training.
+* --malloc tuned (CPU): before building anything, glibc is told to keep freed memory in the
+  process (mallopt M_MMAP_THRESHOLD and M_TRIM_THRESHOLD = 1 GiB). By default every tensor
+  above ~32 MiB is a fresh mmap, and touching its pages again costs a page fault per 4 KiB
+  (hundreds of thousands per step here, expensive in a VM); the figures show both settings.
+* Peak memory: CPU, the peak resident set size seen during the timed runs minus the RSS
+  before them (sampled every 2 ms by a thread; psutil), plus ru_maxrss; GPU,
+  torch.cuda.max_memory_allocated over the timed runs.
+
+Timings on a shared machine vary with load; compare code paths within one run (the figures
+of two runs are comparable only at equal load, shown by `uptime` at the top).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Tuple
+
+import psutil
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from torch_utils.misc import tune_cpu_allocator  # noqa: E402
+from training.discriminator import Discriminator  # noqa: E402
+from training.options import load_config, to_plain  # noqa: E402
+from training.triplane import TriPlaneGenerator  # noqa: E402
+
+DEFAULT_RESOLUTION = 128
+
+
+def build_networks(cfg_name: str, classes: int, device: torch.device) -> Tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """G and D of a named config (train mode, no parameter requires grad), and the config."""
+    opts = load_config(cfg_name)
+    for key in ("G", "D"):
+        if key not in opts:
+            raise ValueError(f"--cfg {cfg_name}: the config has no '{key}:' section")
+    res = int(opts.get("resolution") or DEFAULT_RESOLUTION)
+    torch.manual_seed(0)
+    G = TriPlaneGenerator(**to_plain(opts.G), c_dim=classes, img_res=res)
+    D = Discriminator(**to_plain(opts.D), c_dim=classes, img_resolution=res)
+    G = G.train().requires_grad_(False).to(device)
+    D = D.train().requires_grad_(False).to(device)
+    return G, D, opts
+
+
+def make_inputs(G: torch.nn.Module, batch: int, classes: int, device: torch.device) -> Dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(batch, G.z_dim, generator=gen)
+    c = F.one_hot(torch.randint(classes, (batch,), generator=gen), classes).float() if classes > 0 \
+        else torch.zeros(batch, 0)
+    real = torch.rand(batch, 3, G.img_res, G.img_res, generator=gen) * 2 - 1
+    real_raw = F.interpolate(real, size=(G.neural_res,) * 2, mode="bilinear", align_corners=False,
+                             antialias=G.neural_res < G.img_res)
+    return {k: v.to(device) for k, v in dict(z=z, c=c, real=real, real_raw=real_raw).items()}
+
+
+def _zero_grad(module: torch.nn.Module) -> None:
+    for p in module.parameters():
+        p.grad = None
+
+
+def g_forward(G, inputs) -> None:
+    with torch.no_grad():
+        G(inputs["z"], inputs["c"])
+
+
+def gd_step(G, D, inputs, reuse_fakes: bool = False) -> None:
+    """G_main then D_main (see the module docstring)."""
+    z, c = inputs["z"], inputs["c"]
+    # G_main
+    _zero_grad(G)
+    G.requires_grad_(True)
+    out = G(z, c)
+    fake = dict(image=out["image"], image_raw=out["image_raw"])
+    F.softplus(-D(fake, c)).mean().backward()
+    G.requires_grad_(False)
+    # D_main
+    _zero_grad(D)
+    D.requires_grad_(True)
+    if reuse_fakes:
+        fake = {k: v.detach() for k, v in fake.items()}
+    else:
+        with torch.no_grad():
+            out = G(z, c, update_emas=True)
+        fake = dict(image=out["image"], image_raw=out["image_raw"])
+    F.softplus(D(fake, c)).mean().backward()
+    real = dict(image=inputs["real"], image_raw=inputs["real_raw"])
+    F.softplus(-D(real, c)).mean().backward()
+    D.requires_grad_(False)
+
+
+class PeakRSS:
+    """Samples this process's RSS in a thread; ``peak`` is the largest value seen (bytes)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.proc, self.interval = psutil.Process(), interval
+        self.peak = self.base = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def time_fn(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> List[float]:
+    """Wall times of fn() in seconds (synchronised on CUDA)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _fmt(times: List[float]) -> str:
+    return f"{statistics.median(times):8.3f} s (min {min(times):.3f}, max {max(times):.3f})"
+
+
+def bench_device(args, device: torch.device) -> None:
+    G, D, opts = build_networks(args.cfg, args.classes, device)
+    batch = args.batch or int(opts.batch)
+    inputs = make_inputs(G, batch, args.classes, device)
+    n_g = sum(p.numel() for p in G.parameters())
+    n_d = sum(p.numel() for p in D.parameters())
+    print(f"[{device}] cfg {args.cfg}: batch {batch}, img {G.img_res}, neural {G.neural_res}, "
+          f"tri-plane {G.triplane_res}x{G.triplane_channels}, samples {G.renderer.num_coarse}+{G.renderer.num_fine}, "
+          f"G {n_g / 1e6:.2f}M params, D {n_d / 1e6:.2f}M params, classes {args.classes}", flush=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with PeakRSS() as rss:
+        t_g = time_fn(lambda: g_forward(G, inputs), device, args.repeats, args.warmup)
+        t_step = time_fn(lambda: gd_step(G, D, inputs, args.reuse_fakes), device, args.repeats, args.warmup)
+    step = statistics.median(t_step)
+    what = "G_main + D_main, fakes reused" if args.reuse_fakes else "G_main + D_main"
+    print(f"  G forward (no grad)   {_fmt(t_g)}")
+    print(f"  G+D step ({what}) {_fmt(t_step)}")
+    print(f"  images/s              {batch / step:8.2f}")
+    if device.type == "cuda":
+        print(f"  peak GPU memory       {torch.cuda.max_memory_allocated(device) / 2**20:8.1f} MiB")
+    else:
+        maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        print(f"  peak RSS growth       {(rss.peak - rss.base) / 2**20:8.1f} MiB "
+              f"(peak RSS {rss.peak / 2**20:.1f} MiB, ru_maxrss {maxrss_mib:.1f} MiB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="config name (configs/NAME.yaml) or path")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the config's batch)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="default: CPU, then CUDA too when a GPU is present")
+    parser.add_argument("--classes", type=int, default=10, help="number of classes (c_dim)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--malloc", choices=["default", "tuned"], default="default",
+                        help="glibc allocator settings (tuned: keep freed memory; see above)")
+    parser.add_argument("--reuse-fakes", action="store_true",
+                        help="D_main scores the detached G_main fakes instead of regenerating them")
+    args = parser.parse_args()
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
+    if args.repeats < 1 or args.warmup < 0 or args.classes < 0:
+        parser.error("--repeats must be >= 1, --warmup and --classes >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    malloc = args.malloc
+    if malloc == "tuned" and not tune_cpu_allocator():
+        malloc = "default (mallopt unavailable)"
+    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    load = os.getloadavg()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, repeats {args.repeats}, warm-up {args.warmup}, "
+          f"malloc {malloc}")
+    for name in devices:
+        bench_device(args, torch.device(name))
+
+
+if __name__ == "__main__":
+    main()
