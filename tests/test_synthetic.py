@@ -269,3 +269,30 @@ def test_interrupted_write_leaves_no_archive(tmp_path, monkeypatch, name):
     with pytest.raises(RuntimeError, match="simulated"):
         _build(tmp_path / name, images_per_class=40)  # two chunks per class
     assert list(tmp_path.iterdir()) == []  # neither the archive nor its temporary file remains
+
+
+def test_stored_depth_agrees_with_a_re_render_of_the_stored_camera_and_shape(archive):
+    with load_ground_truth(archive) as gt:
+        for path in gt.paths[::3]:
+            _, depth, mask = render_instance(gt.instance(path), gt.camera(path), gt.depth(path).shape[0])
+            stored = gt.depth(path)
+            np.testing.assert_array_equal(mask, gt.mask(path))
+            np.testing.assert_allclose(depth[mask], stored[mask], rtol=1e-4)
+
+
+def test_true_sdf_changes_sign_along_a_ray_through_the_object(archive):
+    """Along the ray through the first foreground pixel: positive before the stored depth, negative just after."""
+    from training.volumetric_rendering import generate_rays
+
+    with load_ground_truth(archive) as gt:
+        for path in gt.paths[:4]:
+            mask, depth = gt.mask(path), gt.depth(path)
+            row, col = np.argwhere(mask)[len(np.argwhere(mask)) // 2]
+            origins, dirs = generate_rays(gt.camera(path), depth.shape[0])
+            o, d = origins[0, row * depth.shape[1] + col].numpy(), dirs[0, row * depth.shape[1] + col].numpy()
+            forward = gt.camera(path).cam2world[0, :3, 2].numpy()
+            t = depth[row, col] / float(d @ forward)  # z-depth -> distance along the unit ray
+            sdf = gt.true_sdf(gt.instance(path))
+            before = sdf(np.stack([o + d * t * s for s in (0.2, 0.6, 0.95)]).astype(np.float32))
+            after = sdf(np.stack([o + d * (t + 0.02)]).astype(np.float32))
+            assert (np.asarray(before) > 0).all() and (np.asarray(after) < 0).all(), path

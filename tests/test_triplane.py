@@ -247,3 +247,21 @@ def test_generator_on_cuda_with_fp16_backbone():
     assert torch.isfinite(out["image"]).all() and torch.isfinite(out["image_depth"]).all()
     out["image"].mean().backward()
     assert all(p.grad is not None for p in G.backbone.parameters())
+
+
+def test_generator_is_deterministic_for_a_fixed_seed():
+    G = tiny_generator().eval()
+    z, c = torch.randn(2, 16, generator=torch.Generator().manual_seed(5)), one_hot([0, 1])
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(7)  # cameras, noise and ray jitter all come from this seed
+        outs.append(G(z, c, views=2))
+    for key in ("image", "image_raw", "image_depth"):
+        assert torch.equal(outs[0][key], outs[1][key]), key
+    torch.manual_seed(8)
+    assert not torch.equal(G(z, c, views=2)["image"], outs[0]["image"])
+
+
+def test_decoder_depth_changes_parameter_count_by_the_hidden_layers():
+    counts = {n: misc.count_parameters(TriPlaneDecoder(32, hidden=64, out_features=32, num_layers=n)) for n in (2, 4)}
+    assert counts[4] - counts[2] == 2 * (64 * 64 + 64)  # two more FC 64->64 layers with biases
