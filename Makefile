@@ -31,8 +31,8 @@ demo: $(STAMP)
 		--images-per-class 1000 --resolution 64 --workers 2
 	$(PY) train.py --cfg demo --device cpu --data $(DEMO_DATA) --outdir $(DEMO_OUT)/runs
 	$(PY) gen_samples.py --network $(DEMO_OUT)/runs --class all --seeds 0-3 --trunc 1.0 --views 4 \
-		--shapes --shape-res 128 --outdir $(DEMO_OUT)/samples --device cpu
-	$(PY) gen_videos.py --network $(DEMO_OUT)/runs --class all --seeds 0 --grid 2x2 --frames 90 \
+		--shapes --shape-res 128 --shape-level auto --outdir $(DEMO_OUT)/samples --device cpu
+	$(PY) gen_videos.py --network $(DEMO_OUT)/runs --class all --seeds 0 --frames 60 \
 		--trajectory turntable --elevation 20 --resolution 128 --outdir $(DEMO_OUT)/videos --device cpu
 	@echo "Demo outputs:"
 	@echo "  training run (sample grids fakes*.png, log, snapshots): $$(ls -d $(DEMO_OUT)/runs/* | tail -1)"
