@@ -36,8 +36,8 @@ def test_upfirdn2d_cpu_fast_path_gradgradcheck(up, down, pad):
     assert torch.autograd.gradcheck(fn, (x,)) and torch.autograd.gradgradcheck(fn, (x,))
 
 
-@pytest.mark.parametrize("act,clamp,gain,with_b", itertools.product(["linear", "relu", "lrelu"], [None, 0.9],
-                                                                    [None, 1.7], [True, False]))
+@pytest.mark.parametrize("act,clamp,gain,with_b", list(itertools.product(["linear", "relu", "lrelu"], [None, 0.9],
+                                                                    [None, 1.7], [True, False])))
 def test_bias_act_cpu_fast_path_matches_ref(act, clamp, gain, with_b):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=gen) * 1.5
