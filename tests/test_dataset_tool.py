@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 import time
 import zipfile
@@ -13,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from PIL import Image
 
 import dataset_tool
 import training.dataset_writer as dataset_writer
 from training.dataset_classes import load_imagenet_table, parse_class_list, ClassListError
 from training.dataset_sources import folder_source
-from training.dataset_writer import SourceItem, convert_dataset
+from training.dataset_writer import convert_dataset
 from training.image_processing import ProcessOptions
 
 RES = 16
@@ -103,7 +102,7 @@ def tree(tmp_path):
     return src, cls
 
 
-def run_tool(*args) -> "click.testing.Result":
+def run_tool(*args) -> Result:
     return CliRunner().invoke(dataset_tool.cli, [str(a) for a in args], catch_exceptions=False)
 
 

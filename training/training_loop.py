@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
