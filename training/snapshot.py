@@ -17,7 +17,7 @@ import torch
 
 from torch_utils.checkpoint import CheckpointError, load_modules, read_metadata, save_modules
 
-__all__ = ["FORMAT", "NETWORK_CLASSES", "save_snapshot", "load_snapshot", "load_network", "find_snapshot",
+__all__ = ["FORMAT", "save_snapshot", "load_snapshot", "load_network", "find_snapshot",
            "snapshot_name", "state_name", "list_snapshots"]
 
 FORMAT = "triplane3d-snapshot"
@@ -31,9 +31,6 @@ def _network_classes() -> Dict[str, type]:
     from training.triplane import TriPlaneGenerator
 
     return {"TriPlaneGenerator": TriPlaneGenerator, "Discriminator": Discriminator}
-
-
-NETWORK_CLASSES = ("TriPlaneGenerator", "Discriminator")
 
 
 def snapshot_name(cur_nimg: int) -> str:
