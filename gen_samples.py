@@ -22,6 +22,7 @@ import click
 from tqdm import tqdm
 
 from training import gen_utils
+from training.gen_options import output_options, source_options
 from training.shapes import DEFAULT_LEVEL, MESH_FORMATS, export_generator_shape
 
 
@@ -36,20 +37,11 @@ def _check_level(ctx, param, value: str) -> str:
 
 
 @click.command()
-@click.option("--network", "network", default=None, metavar="PATH",
-              help="Snapshot file or run directory (its newest snapshot). Default: newest under training-runs/.")
-@click.option("--class", "class_spec", default=None, metavar="CLASSES",
-              help="ImageNet-1k index, name or synset; comma list; or 'all'. "
-                   f"Default: all classes when the model has <= {gen_utils.MAX_CLASSES_BY_DEFAULT}, else the first.")
-@click.option("--seeds", default="0-3", show_default=True, help="Seeds, e.g. 0-7,9.")
+@source_options
 @click.option("--views", default=3, show_default=True, type=click.IntRange(min=1),
               help=f"Views spread evenly in yaw at pitch {gen_utils.DEFAULT_PITCH:g} degrees.")
 @click.option("--angles", default=None, metavar="YAW:PITCH,...",
               help="Explicit view angles in degrees (overrides --views).")
-@click.option("--trunc", "truncation_psi", default=0.7, show_default=True, type=float,
-              help="Truncation psi toward the class's mean w (1 = none).")
-@click.option("--trunc-cutoff", "truncation_cutoff", default=None, type=int, help="Truncate only the first N ws.")
-@click.option("--sample-mult", default=None, type=float, help="Multiply the samples per ray (finer renders).")
 @click.option("--shapes", is_flag=True, help="Also extract a coloured mesh from the density field.")
 @click.option("--shape-res", default=256, show_default=True, type=click.IntRange(min=2),
               help="Density grid size per axis.")
@@ -57,8 +49,7 @@ def _check_level(ctx, param, value: str) -> str:
 @click.option("--shape-level", default=str(DEFAULT_LEVEL), show_default=True, callback=_check_level,
               help="Iso-level of the activated density, or 'auto' (halfway between the field's min and max).")
 @click.option("--save-mrc", is_flag=True, help="Write the density volume as .mrc (with or without --shapes).")
-@click.option("--outdir", default="out", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@output_options
 def main(network: Optional[str], class_spec: Optional[str], seeds: str, views: int, angles: Optional[str],
          truncation_psi: float, truncation_cutoff: Optional[int], sample_mult: Optional[float], shapes: bool,
          shape_res: int, shape_format: str, shape_level: str, save_mrc: bool, outdir: str, device: str) -> None:

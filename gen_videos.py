@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from training import gen_utils
+from training.gen_options import output_options, source_options
 from training.trajectories import TRAJECTORIES, trajectory_cameras
 
 
@@ -64,12 +65,7 @@ def _check_seed_count(seeds: Sequence[int], rows: int, cols: int, interpolate: b
 
 
 @click.command()
-@click.option("--network", "network", default=None, metavar="PATH",
-              help="Snapshot file or run directory (its newest snapshot). Default: newest under training-runs/.")
-@click.option("--class", "class_spec", default=None, metavar="CLASSES",
-              help="ImageNet-1k index, name or synset; comma list; or 'all'. "
-                   f"Default: all classes when the model has <= {gen_utils.MAX_CLASSES_BY_DEFAULT}, else the first.")
-@click.option("--seeds", default="0-3", show_default=True, help="Seeds, e.g. 0-7,9.")
+@source_options
 @click.option("--trajectory", default="orbit", show_default=True, type=click.Choice(TRAJECTORIES),
               help="orbit: yaw sweep with gentle pitch; turntable: 360 degrees at --elevation; sphere: spiral.")
 @click.option("--elevation", default=None, type=float, help="Camera elevation in degrees (turntable; orbit's centre).")
@@ -79,12 +75,7 @@ def _check_seed_count(seeds: Sequence[int], rows: int, cols: int, interpolate: b
 @click.option("--frames", default=120, show_default=True, type=click.IntRange(min=1), help="Frames per video.")
 @click.option("--fps", default=30.0, show_default=True, type=click.FloatRange(min=1))
 @click.option("--resolution", default=None, type=click.IntRange(min=2), help="Output size of each cell in pixels.")
-@click.option("--sample-mult", default=None, type=float, help="Multiply the samples per ray (finer renders).")
-@click.option("--trunc", "truncation_psi", default=0.7, show_default=True, type=float,
-              help="Truncation psi toward the class's mean w (1 = none).")
-@click.option("--trunc-cutoff", "truncation_cutoff", default=None, type=int, help="Truncate only the first N ws.")
-@click.option("--outdir", default="out", show_default=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@output_options
 def main(network: Optional[str], class_spec: Optional[str], seeds: str, trajectory: str, elevation: Optional[float],
          interpolate: bool, grid: Optional[str], mode: str, frames: int, fps: float, resolution: Optional[int],
          sample_mult: Optional[float], truncation_psi: float, truncation_cutoff: Optional[int], outdir: str,
