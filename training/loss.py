@@ -139,11 +139,14 @@ class TriPlaneGANLoss:
         return self.D(images, c, update_emas=update_emas)
 
     def _augment(self, images: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Augment image and raw image with the same random transform (stacked as 6 channels)."""
+        """Augment image and raw image with the same random transform (stacked as 6 channels).
+
+        The raw image is brought to the image's size for that and handed on at that size: the
+        dual discriminator resizes it to the image resolution anyway.
+        """
         image, raw = images["image"], images["image_raw"]
-        stacked = torch.cat([image, _resize(raw, image.shape[-1])], dim=1)
-        augmented = self.augment_pipe(stacked)
-        return dict(image=augmented[:, :3], image_raw=_resize(augmented[:, 3:], raw.shape[-1]))
+        augmented = self.augment_pipe(torch.cat([image, _resize(raw, image.shape[-1])], dim=1))
+        return dict(image=augmented[:, :3], image_raw=augmented[:, 3:])
 
     def density_regularizer(self, planes: torch.Tensor) -> torch.Tensor:
         """L1 between densities at uniform random points in the box and at slightly perturbed copies."""
