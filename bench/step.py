@@ -2,6 +2,7 @@
 
     python bench/step.py --cfg eg3d-small                 # the config's batch, CPU (and GPU if present)
     python bench/step.py --cfg demo --repeats 2           # smoke run
+    python bench/step.py --cfg eg3d-small --malloc tuned --traffic   # + bytes allocated per step
     python bench/step.py --cfg eg3d-small --device cpu --batch 8 --classes 100
 
 The networks are built from the config's `G:` and `D:` sections with `c_dim = --classes` and
@@ -28,6 +29,10 @@ What is timed (medians over --repeats after --warmup untimed runs):
   process (mallopt M_MMAP_THRESHOLD and M_TRIM_THRESHOLD = 1 GiB). By default every tensor
   above ~32 MiB is a fresh mmap, and touching its pages again costs a page fault per 4 KiB
   (hundreds of thousands per step here, expensive in a VM); the figures show both settings.
+* --traffic: after the timings, one more G+D step under torch.profiler(profile_memory=True)
+  prints the bytes the step allocates in all (every intermediate tensor, summed). On a CPU
+  each allocated byte is written at least once and usually read again, so this bounds the
+  step from below by memory bandwidth, next to its arithmetic.
 * Peak memory: CPU, the peak resident set size seen during the timed runs minus the RSS
   before them (sampled every 2 ms by a thread; psutil), plus ru_maxrss; GPU,
   torch.cuda.max_memory_allocated over the timed runs.
@@ -162,6 +167,18 @@ def time_fn(fn: Callable[[], None], device: torch.device, repeats: int, warmup: 
     return times
 
 
+def allocated_bytes(fn: Callable[[], None]) -> int:
+    """Bytes allocated while fn() runs: each profiled op's own allocations (net of what it frees
+    itself, so a slight underestimate), summed over ops (torch.profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities, profile_memory=True) as prof:
+        fn()
+    return sum(max(e.self_cpu_memory_usage, 0) + max(getattr(e, "self_device_memory_usage", 0), 0)
+               for e in prof.events())
+
+
 def _fmt(times: List[float]) -> str:
     return f"{statistics.median(times):8.3f} s (min {min(times):.3f}, max {max(times):.3f})"
 
@@ -185,6 +202,8 @@ def bench_device(args, device: torch.device) -> None:
     print(f"  G forward (no grad)   {_fmt(t_g)}")
     print(f"  G+D step ({what}) {_fmt(t_step)}")
     print(f"  images/s              {batch / step:8.2f}")
+    if args.traffic:
+        print(f"  allocated per step    {allocated_bytes(lambda: gd_step(G, D, inputs, args.reuse_fakes)) / 2**30:8.1f} GiB")
     if device.type == "cuda":
         print(f"  peak GPU memory       {torch.cuda.max_memory_allocated(device) / 2**20:8.1f} MiB")
     else:
@@ -204,6 +223,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     parser.add_argument("--malloc", choices=["default", "tuned"], default="default",
                         help="glibc allocator settings (tuned: keep freed memory; see above)")
+    parser.add_argument("--traffic", action="store_true",
+                        help="also print the bytes one G+D step allocates (profiled once, untimed)")
     parser.add_argument("--reuse-fakes", action="store_true",
                         help="D_main scores the detached G_main fakes instead of regenerating them")
     args = parser.parse_args()
