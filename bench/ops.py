@@ -1,11 +1,14 @@
-"""Prints forward+backward times of bias_act and upfirdn2d: the reference path, and CUDA where present.
+"""Prints forward+backward times of bias_act and upfirdn2d: the reference path next to the fast one.
 
     python bench/ops.py            # StyleGAN-sized shapes: [32,512,64,64] and [32,128,256,256]
     python bench/ops.py --quick    # small shapes, a few seconds on a CPU
     python bench/ops.py --device cuda --repeats 50
 
-Times are medians over repeats after warm-up; on a GPU each timing is bracketed by
-synchronisations. The ratio column is reference / CUDA for the same shape and device.
+The fast path is the CUDA plugin on a GPU and the CPU fast path (impl=None) on a CPU.
+upfirdn2d is timed as `upsample2d` (2x up) and `filter2d` (the 4-tap blur of the networks'
+down/up-sampling convs). Times are medians over repeats after warm-up; on a GPU each timing
+is bracketed by synchronisations. The ratio column is reference / fast for the same shape
+and device.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def bias_act_case(shape, device, impl) -> Callable[[], None]:
     return run
 
 
-def upfirdn2d_case(shape, device, impl) -> Callable[[], None]:
+def upsample2d_case(shape, device, impl) -> Callable[[], None]:
     x = torch.randn(shape, device=device, requires_grad=True)
     f = upfirdn2d_mod.setup_filter([1, 3, 3, 1], device=device)
 
@@ -67,15 +70,27 @@ def upfirdn2d_case(shape, device, impl) -> Callable[[], None]:
     return run
 
 
-def bench(name: str, make_case, shapes, device: torch.device, repeats: int, cuda_ok: bool) -> None:
+def filter2d_case(shape, device, impl) -> Callable[[], None]:
+    x = torch.randn(shape, device=device, requires_grad=True)
+    f = upfirdn2d_mod.setup_filter([1, 3, 3, 1], device=device)
+
+    def run():
+        y = upfirdn2d_mod.filter2d(x, f, padding=1, impl=impl)
+        y.backward(torch.ones_like(y))
+    return run
+
+
+def bench(name: str, make_case, shapes, device: torch.device, repeats: int, fast_impl: Optional[str]) -> None:
+    """One row per shape: reference ms, fast-path ms and their ratio (fast_impl: 'cuda', 'cpu' or None)."""
     for shape in shapes:
         ref_ms = time_fn(make_case(shape, device, "ref"), device, repeats)
-        cuda_ms: Optional[float] = None
-        if cuda_ok:
-            cuda_ms = time_fn(make_case(shape, device, "cuda"), device, repeats)
-        ratio = f"{ref_ms / cuda_ms:6.2f}x" if cuda_ms else "     -"
-        cuda_txt = f"{cuda_ms:10.2f}" if cuda_ms else "         -"
-        print(f"{name:<10} {str(list(shape)):<22} {ref_ms:10.2f} {cuda_txt} {ratio}", flush=True)
+        fast_ms: Optional[float] = None
+        if fast_impl:
+            impl = "cuda" if fast_impl == "cuda" else None  # impl=None on a CPU is the CPU fast path
+            fast_ms = time_fn(make_case(shape, device, impl), device, repeats)
+        ratio = f"{ref_ms / fast_ms:6.2f}x" if fast_ms else "     -"
+        fast_txt = f"{fast_ms:10.2f}" if fast_ms else "         -"
+        print(f"{name:<10} {str(list(shape)):<22} {ref_ms:10.2f} {fast_txt} {ratio}", flush=True)
 
 
 def main() -> None:
@@ -92,9 +107,11 @@ def main() -> None:
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats}; forward+backward")
     if device.type == "cuda" and not cuda_ok:
         print("CUDA plugins unavailable: timing the reference path only")
-    print(f"{'op':<10} {'shape':<22} {'ref ms':>10} {'cuda ms':>10} {'ratio':>7}")
-    bench("bias_act", bias_act_case, shapes, device, repeats, cuda_ok)
-    bench("upfirdn2d", upfirdn2d_case, shapes, device, repeats, cuda_ok)
+    print(f"{'op':<10} {'shape':<22} {'ref ms':>10} {'fast ms':>10} {'ratio':>7}")
+    fast = "cuda" if cuda_ok else ("cpu" if device.type == "cpu" else None)
+    bench("bias_act", bias_act_case, shapes, device, repeats, fast)
+    bench("upsample2d", upsample2d_case, shapes, device, repeats, fast)
+    bench("filter2d", filter2d_case, shapes, device, repeats, fast)
 
 
 if __name__ == "__main__":

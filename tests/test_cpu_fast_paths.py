@@ -8,7 +8,7 @@ import torch
 from torch_utils.ops import upfirdn2d as ufd
 from torch_utils.ops.bias_act import bias_act
 
-UFD_CASES = list(itertools.product([(1, 1), (2, 2), (3, 1)], [(1, 1), (2, 2), (1, 3)], [(4,), (3,), (2, 3)],
+UFD_CASES = list(itertools.product([(1, 1), (2, 2), (3, 1)], [(1, 1), (2, 2), (1, 3)], [(4,), (3,), (6,), (2, 3)],
                                    [False, True], [(0, 0, 0, 0), (-1, 2, 3, -2)]))
 
 
