@@ -140,3 +140,11 @@ def test_two_processes_match_one_process_with_the_same_total_batch(tiny_dataset,
                                    reference_path=str(tmp_path / "single.pt")), num_procs=2, use_cuda=False)
     assert list_snapshots(tmp_path / "two")
     assert "over 2 process(es)" in (tmp_path / "two" / "log.txt").read_text()
+
+
+def test_cpu_processes_share_the_cores_unless_omp_num_threads_is_set(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(tdist.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [tdist.cpu_threads_per_process(n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert tdist.cpu_threads_per_process(2) == torch.get_num_threads()

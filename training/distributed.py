@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "launched_by_torchrun", "launch", "all_reduce_grads", "all_gather_objects", "barrier"]
+__all__ = ["DistInfo", "launched_by_torchrun", "launch", "all_reduce_grads", "all_gather_objects", "barrier",
+           "cpu_threads_per_process"]
 
 
 @dataclass
@@ -30,10 +31,24 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def _device_for(local_rank: int, use_cuda: bool) -> torch.device:
+def cpu_threads_per_process(local_processes: int) -> int:
+    """Intra-op threads for each of `local_processes` CPU training processes on this machine.
+
+    An explicit OMP_NUM_THREADS wins; otherwise the cores are shared out, so N processes
+    never run N times the cores' threads (oversubscribed, each step waits on the slowest).
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_processes))
+
+
+def _device_for(local_rank: int, use_cuda: bool, local_processes: int = 1) -> torch.device:
     if use_cuda:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
+    if local_processes > 1:
+        torch.set_num_threads(cpu_threads_per_process(local_processes))
     return torch.device("cpu")
 
 
@@ -47,7 +62,7 @@ def _spawned_worker(local_rank: int, fn: Callable[[DistInfo], Any], world_size: 
                     use_cuda: bool) -> None:
     _init_group(local_rank, world_size, f"file://{init_file}", use_cuda)
     try:
-        fn(DistInfo(local_rank, world_size, local_rank, _device_for(local_rank, use_cuda)))
+        fn(DistInfo(local_rank, world_size, local_rank, _device_for(local_rank, use_cuda, world_size)))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -64,7 +79,8 @@ def launch(fn: Callable[[DistInfo], Any], num_procs: int, use_cuda: bool) -> Non
         rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
         _init_group(rank, world, "env://", use_cuda)
         try:
-            fn(DistInfo(rank, world, local, _device_for(local, use_cuda)))
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            fn(DistInfo(rank, world, local, _device_for(local, use_cuda, local_world)))
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
