@@ -28,7 +28,8 @@ class StubG(torch.nn.Module):
         b = ws.shape[0]
         value = torch.tensor([(i + 10 * v) / 100 for i in range(b) for v in range(views)])  # item-major
         image = (value * self.scale)[:, None, None, None].expand(b * views, 3, 8, 8)
-        return dict(image=image, image_raw=image[:, :, :4, :4], ws=ws, planes=ws)
+        opacity = (0.3 * self.scale).expand(b * views, 1, 4, 4)
+        return dict(image=image, image_raw=image[:, :, :4, :4], ws=ws, planes=ws, opacity=opacity)
 
     def sample_density(self, planes, points):
         return (points.sum(-1, keepdim=True) * self.scale), None
@@ -141,3 +142,16 @@ def test_discriminator_steps_reduce_its_loss(tiny_dataset):
         loss.accumulate_gradients("D_main", real, c, z, c, gain=1, cur_nimg=0)
         opt.step()
     assert d_loss() < before - 0.05
+
+
+def test_opacity_regulariser_adds_a_times_one_minus_a_and_pushes_opacity_away_from_one_half():
+    grads = {}
+    for weight in (0.0, 1.0):
+        G = StubG()
+        loss = TriPlaneGANLoss(G, MeanD(), density_reg=0, opacity_reg=weight)
+        stats = _collect(lambda: loss.accumulate_gradients("G_main", None, None, torch.zeros(2, 3), torch.eye(2),
+                                                           gain=1, cur_nimg=0))
+        grads[weight] = G.scale.grad.item()
+    assert abs(stats.mean("Loss/G/opacity_reg") - 0.3 * 0.7) < 1e-6
+    # d/ds of a(1-a) with a = 0.3 s at s = 1: 0.3 (1 - 2a) = 0.12 > 0, so descent lowers a < 1/2 toward 0.
+    assert abs((grads[1.0] - grads[0.0]) - 0.12) < 1e-6

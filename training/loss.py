@@ -77,6 +77,11 @@ class TriPlaneGANLoss:
         r1_gamma: R1 weight on real images (and on the raw image with a dual discriminator).
         density_reg: weight of the L1 between densities at random points and perturbed copies.
         density_reg_p_dist: size of the perturbation, in world units.
+        opacity_reg: weight of mean(a * (1 - a)) over the accumulated opacity a of the fakes'
+            neural renders, added to G's loss: it pushes every ray to be either fully covered or
+            empty. Not in the paper, off by default: a prior for data of opaque objects on a
+            plain background (the synthetic sets), where a small model otherwise learns
+            semi-transparent shells that the super-resolution paints over.
         style_mixing_prob: probability of mixing the ws of two latents at a random cut.
         blur_init_sigma, blur_fade_kimg: blur of D's inputs, fading linearly to zero.
         schedule: when to switch to multi-view discrimination and with how many views.
@@ -87,7 +92,8 @@ class TriPlaneGANLoss:
 
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, augment_pipe: Optional[torch.nn.Module] = None,
                  r1_gamma: float = 1.0, density_reg: float = 0.25, density_reg_p_dist: float = 0.004,
-                 density_reg_points: int = 1000, style_mixing_prob: float = 0.0, blur_init_sigma: float = 0.0,
+                 density_reg_points: int = 1000, opacity_reg: float = 0.0, style_mixing_prob: float = 0.0,
+                 blur_init_sigma: float = 0.0,
                  blur_fade_kimg: float = 0.0, schedule: Optional[MultiViewSchedule] = None,
                  dual_discrimination: bool = True,
                  real_logits_hook: Optional[Callable[[torch.Tensor], None]] = None) -> None:
@@ -95,6 +101,7 @@ class TriPlaneGANLoss:
         self.r1_gamma = r1_gamma
         self.density_reg, self.density_reg_p_dist = density_reg, density_reg_p_dist
         self.density_reg_points = density_reg_points
+        self.opacity_reg = opacity_reg
         self.style_mixing_prob = style_mixing_prob
         self.blur_init_sigma, self.blur_fade_kimg = blur_init_sigma, blur_fade_kimg
         self.schedule = schedule or MultiViewSchedule()
@@ -124,7 +131,8 @@ class TriPlaneGANLoss:
         out = self.G.synthesis(self.map(z, c, update_emas=update_emas), views=views, update_emas=update_emas,
                                neural_res=self.neural_res)
         return dict(image=_item_to_view_major(out["image"], views),
-                    image_raw=_item_to_view_major(out["image_raw"], views), ws=out["ws"], planes=out["planes"])
+                    image_raw=_item_to_view_major(out["image_raw"], views), ws=out["ws"], planes=out["planes"],
+                    opacity=out.get("opacity"))
 
     def real_inputs(self, real_img: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Reals as D sees them: the image and, for a dual D, its copy at neural-render resolution."""
@@ -186,6 +194,11 @@ class TriPlaneGANLoss:
         training_stats.report("Loss/scores/fake", logits)
         training_stats.report("Loss/G/loss", loss)
         training_stats.report("Progress/views", torch.tensor(float(views)))
+        if self.opacity_reg > 0:
+            opacity = fake["opacity"]
+            binary = (opacity * (1 - opacity)).mean()  # 0 when every ray is empty or opaque
+            training_stats.report("Loss/G/opacity_reg", binary)
+            loss = loss + binary * self.opacity_reg
         if with_reg and self.density_reg > 0:
             reg = self.density_regularizer(fake["planes"])
             training_stats.report("Loss/G/density_reg", reg)

@@ -167,7 +167,8 @@ class Trainer:
         self.schedule = MultiViewSchedule(views=int(opts.views), start_kimg=opts.get("multiview_at"))
         self.loss = TriPlaneGANLoss(
             self.G, self.D, augment_pipe=self.augment_pipe, r1_gamma=L.r1_gamma, density_reg=L.density_reg,
-            density_reg_p_dist=L.density_reg_p_dist, style_mixing_prob=L.style_mixing_prob,
+            density_reg_p_dist=L.density_reg_p_dist, opacity_reg=float(L.get("opacity_reg", 0.0)),
+            style_mixing_prob=L.style_mixing_prob,
             blur_init_sigma=L.blur_init_sigma, blur_fade_kimg=L.blur_fade_kimg, schedule=self.schedule,
             dual_discrimination=L.dual_discrimination,
             real_logits_hook=self.ada.accumulate if self.ada is not None else None)
