@@ -6,6 +6,11 @@ Per class: the standard deviation over N samples of the mean foreground colour (
 over RGB) and of the silhouette area fraction, for generated samples (random cameras on the
 sphere, foreground = opacity > 0.5) and for N real images (foreground = the stored mask).
 A class collapsed to one instance has a fake colour std near 0.
+
+Also, for the fakes, how solid the geometry is: the fraction of the neural render's covered
+rays (opacity > 0.05) that are opaque (opacity > 0.9). The data's objects are opaque, so a
+good model is near 1 (minus anti-aliased edges); a low value means semi-transparent shells
+whose colour the super-resolution paints in (the depth maps and meshes show them).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from training.snapshot import find_snapshot, load_network  # noqa: E402
 from training.synthetic import load_ground_truth  # noqa: E402
 
 
-def fake_stats(G, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def fake_stats(G, k: int, n: int) -> tuple[np.ndarray, np.ndarray, float]:
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(k))
     torch.manual_seed(k)
     with torch.no_grad():
@@ -33,7 +38,9 @@ def fake_stats(G, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     img = (out["image"].clamp(-1, 1) + 1) / 2
     fg = F.interpolate(out["opacity"], size=img.shape[-1], mode="nearest")[:, 0] > 0.5
     colours = np.array([img[i][:, fg[i]].mean(1).numpy() if fg[i].any() else np.zeros(3) for i in range(n)])
-    return colours, fg.float().mean([1, 2]).numpy()
+    covered = out["opacity"] > 0.05
+    solidity = ((out["opacity"] > 0.9) & covered).sum().item() / max(covered.sum().item(), 1)
+    return colours, fg.float().mean([1, 2]).numpy(), solidity
 
 
 def real_stats(ds: ImageDataset, gt, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +65,11 @@ def main() -> None:
     ds, gt = ImageDataset(args.data), load_ground_truth(args.data)
     print(f"snapshot {snapshot}, {args.samples} samples per class")
     for k in range(G.c_dim):
-        fc, fa = fake_stats(G, k, args.samples)
+        fc, fa, solid = fake_stats(G, k, args.samples)
         rc, ra = real_stats(ds, gt, k, args.samples)
         print(f"class {k} {meta['classes'][k]['name']:>12}: colour std fake {fc.std(0).mean():.3f} real "
-              f"{rc.std(0).mean():.3f} | area std fake {fa.std():.3f} real {ra.std():.3f}")
+              f"{rc.std(0).mean():.3f} | area std fake {fa.std():.3f} real {ra.std():.3f} | "
+              f"opaque fraction of covered rays {solid:.2f}")
 
 
 if __name__ == "__main__":
