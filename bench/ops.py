@@ -60,24 +60,21 @@ def bias_act_case(shape, device, impl) -> Callable[[], None]:
     return run
 
 
-def upsample2d_case(shape, device, impl) -> Callable[[], None]:
-    x = torch.randn(shape, device=device, requires_grad=True)
-    f = upfirdn2d_mod.setup_filter([1, 3, 3, 1], device=device)
+def _upfirdn2d_case(apply) -> Callable:
+    """A case factory for an upfirdn2d wrapper `apply(x, f, impl)` with the networks' 4-tap filter."""
+    def make(shape, device, impl) -> Callable[[], None]:
+        x = torch.randn(shape, device=device, requires_grad=True)
+        f = upfirdn2d_mod.setup_filter([1, 3, 3, 1], device=device)
 
-    def run():
-        y = upfirdn2d_mod.upsample2d(x, f, up=2, impl=impl)
-        y.backward(torch.ones_like(y))
-    return run
+        def run():
+            y = apply(x, f, impl)
+            y.backward(torch.ones_like(y))
+        return run
+    return make
 
 
-def filter2d_case(shape, device, impl) -> Callable[[], None]:
-    x = torch.randn(shape, device=device, requires_grad=True)
-    f = upfirdn2d_mod.setup_filter([1, 3, 3, 1], device=device)
-
-    def run():
-        y = upfirdn2d_mod.filter2d(x, f, padding=1, impl=impl)
-        y.backward(torch.ones_like(y))
-    return run
+upsample2d_case = _upfirdn2d_case(lambda x, f, impl: upfirdn2d_mod.upsample2d(x, f, up=2, impl=impl))
+filter2d_case = _upfirdn2d_case(lambda x, f, impl: upfirdn2d_mod.filter2d(x, f, padding=1, impl=impl))
 
 
 def bench(name: str, make_case, shapes, device: torch.device, repeats: int, fast_impl: Optional[str]) -> None:
