@@ -251,9 +251,10 @@ def _ref_kernel(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torch.Tens
 # ----------------------------------------------------------------------------------------
 # CPU fast path. Short filters (the networks' 4-tap blur, made 2-D): one depthwise conv, or a
 # transposed depthwise conv for upsampling, which never touches inserted zeros. Measured
-# against two separable shifted-sum passes, forward+backward: 1.2-2.1x for filtering and
-# 2.7-3x for 2x upsampling at the networks' sizes. Longer separable filters: sums of
-# shifted slices, one axis at a time (the taps of a 2-D conv would grow with their square).
+# against two separable shifted-sum passes, forward+backward at the networks' sizes (2-core
+# CPU): 1.7-1.9x for filtering, 1.6x for 2x upsampling, 2.4x for 2x downsampling. Longer
+# separable filters: sums of shifted slices, one axis at a time (the taps of a 2-D conv would
+# grow with their square).
 # Both are used through `_UpFirDn2d`, so gradients (any order) come from the adjoint
 # geometry exactly as on the CUDA path.
 
