@@ -203,7 +203,8 @@ def bench_device(args, device: torch.device) -> None:
     print(f"  G+D step ({what}) {_fmt(t_step)}")
     print(f"  images/s              {batch / step:8.2f}")
     if args.traffic:
-        print(f"  allocated per step    {allocated_bytes(lambda: gd_step(G, D, inputs, args.reuse_fakes)) / 2**30:8.1f} GiB")
+        allocated = allocated_bytes(lambda: gd_step(G, D, inputs, args.reuse_fakes))
+        print(f"  allocated per step    {allocated / 2**30:8.1f} GiB")
     if device.type == "cuda":
         print(f"  peak GPU memory       {torch.cuda.max_memory_allocated(device) / 2**20:8.1f} MiB")
     else:

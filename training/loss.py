@@ -93,9 +93,8 @@ class TriPlaneGANLoss:
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, augment_pipe: Optional[torch.nn.Module] = None,
                  r1_gamma: float = 1.0, density_reg: float = 0.25, density_reg_p_dist: float = 0.004,
                  density_reg_points: int = 1000, opacity_reg: float = 0.0, style_mixing_prob: float = 0.0,
-                 blur_init_sigma: float = 0.0,
-                 blur_fade_kimg: float = 0.0, schedule: Optional[MultiViewSchedule] = None,
-                 dual_discrimination: bool = True,
+                 blur_init_sigma: float = 0.0, blur_fade_kimg: float = 0.0,
+                 schedule: Optional[MultiViewSchedule] = None, dual_discrimination: bool = True,
                  real_logits_hook: Optional[Callable[[torch.Tensor], None]] = None) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.r1_gamma = r1_gamma
