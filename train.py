@@ -65,6 +65,8 @@ class KimgType(click.ParamType):
 @click.option("--decoder-layers", type=click.IntRange(min=2), help="FC layers of the tri-plane decoder (paper: 4).")
 @click.option("--neural-res", type=int, help="Neural-rendering resolution.")
 @click.option("--triplane-res", type=int, help="Tri-plane resolution.")
+@click.option("--reuse-fakes/--no-reuse-fakes", default=None,
+              help="D's fake phase scores the G phase's fakes instead of generating new ones (faster).")
 @click.option("--aug", type=click.Choice(["ada", "fixed", "noaug"]), help="Discriminator augmentation.")
 @click.option("--mirror/--no-mirror", default=None, help="Add x-flipped copies of the data.")
 @click.option("--resume", type=str, help="Snapshot file, run directory, or 'latest' (newest under --outdir).")

@@ -270,3 +270,40 @@ def tune_cpu_allocator(threshold_bytes: int = 2 ** 30) -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # constants from malloc.h
     return bool(libc.mallopt(m_mmap_threshold, threshold_bytes)) and bool(libc.mallopt(m_trim_threshold, threshold_bytes))
+
+
+class _LayoutPolicy:
+    """Where the networks keep their conv activations channels-last (NHWC in memory)."""
+
+    def __init__(self) -> None:
+        # oneDNN's fp32 convs on a CPU run 15-35% faster forward+backward on NHWC than on NCHW,
+        # where every call reorders the input and output (bench/step.py shows the whole step).
+        self.cpu_channels_last: bool = True
+
+
+layout_policy = _LayoutPolicy()
+
+
+def activation_memory_format(device: torch.device, dtype: torch.dtype,
+                             fp16_channels_last: bool = False) -> torch.memory_format:
+    """Memory format for a conv block's activations.
+
+    Channels-last on a CPU (while ``layout_policy.cpu_channels_last``) and for fp16 blocks on
+    CUDA that ask for it (tensor cores prefer NHWC); NCHW otherwise. Values never depend on it.
+    """
+    if device.type == "cpu" and layout_policy.cpu_channels_last:
+        return torch.channels_last
+    if dtype == torch.float16 and fp16_channels_last:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@contextlib.contextmanager
+def cpu_channels_last(enabled: bool) -> Iterator[None]:
+    """Within the block, CPU activations are channels-last iff ``enabled`` (tests and benchmarks)."""
+    previous = layout_policy.cpu_channels_last
+    layout_policy.cpu_channels_last = bool(enabled)
+    try:
+        yield
+    finally:
+        layout_policy.cpu_channels_last = previous

@@ -42,7 +42,7 @@ class DiscriminatorBlock(nn.Module):
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], force_fp32: bool = False) -> torch.Tensor:
         fp16 = self.use_fp16 and not force_fp32 and (img if x is None else x).device.type == "cuda"
         dtype = torch.float16 if fp16 else torch.float32
-        memory_format = torch.channels_last if (fp16 and self.channels_last) else torch.contiguous_format
+        memory_format = misc.activation_memory_format((img if x is None else x).device, dtype, self.channels_last)
         if self.in_channels == 0:
             misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution])
             x = self.fromrgb(img.to(dtype=dtype, memory_format=memory_format))

@@ -382,22 +382,22 @@ class SynthesisBlock(nn.Module):
         misc.assert_shape(ws, [None, self.num_conv + self.num_torgb, self.w_dim])
         w_iter = iter(ws.unbind(dim=1))
         dtype = self.compute_dtype(ws.device, force_fp32)
-        memory_format = torch.channels_last if (self.channels_last and dtype == torch.float16) \
-            else torch.contiguous_format
+        memory_format = misc.activation_memory_format(ws.device, dtype, self.channels_last)
         if fused_modconv is None:
             # Grouped convs are fast for inference; in training the separate path is faster to differentiate.
             fused_modconv = (not self.training) and (dtype == torch.float32 or ws.shape[0] == 1)
         in_res = self.resolution // self.up
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).to(memory_format=memory_format)
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
         else:
             misc.assert_shape(x, [None, self.in_channels, in_res, in_res])
             x = x.to(dtype=dtype, memory_format=memory_format)
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
-        y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(dtype=torch.float32,
-                                                                         memory_format=torch.contiguous_format)
+        # The skip image stays NCHW: ToRGB widens the channels (32 -> 96 for tri-planes), so
+        # converting its input is cheaper than converting its output.
+        y = self.torgb(x.contiguous(), next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
         if img is not None:
             misc.assert_shape(img, [None, self.img_channels, in_res, in_res])
             if self.up == 2:

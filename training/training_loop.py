@@ -171,7 +171,8 @@ class Trainer:
             style_mixing_prob=L.style_mixing_prob,
             blur_init_sigma=L.blur_init_sigma, blur_fade_kimg=L.blur_fade_kimg, schedule=self.schedule,
             dual_discrimination=L.dual_discrimination,
-            real_logits_hook=self.ada.accumulate if self.ada is not None else None)
+            real_logits_hook=self.ada.accumulate if self.ada is not None else None,
+            reuse_fakes=bool(L.get("reuse_fakes", False)))
         g_reg = int(L.density_reg_every) if L.density_reg > 0 else 0
         self.phases = self._make_phases("G", self.G, opts.glr, g_reg) + \
             self._make_phases("D", self.D, opts.dlr, int(L.r1_every) if L.r1_gamma > 0 else 0)
@@ -265,6 +266,7 @@ class Trainer:
             self.log(f"Multi-view discrimination on: {views} views per tri-plane from {self.cur_nimg / 1000:.1f} kimg")
         real_img, real_c = self._fetch_reals(data_iter)
         self.loss.neural_res = self._neural_res_at(self.cur_nimg)
+        self.loss.discard_fakes()  # nothing kept for D may outlive the step that made it
         for phase_idx, phase in enumerate(self.phases):
             if self.batch_idx % phase.interval == 0:
                 self._run_phase(phase_idx, phase, real_img, real_c)
