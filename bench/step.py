@@ -4,9 +4,12 @@
     python bench/step.py --cfg demo --repeats 2           # smoke run
     python bench/step.py --cfg eg3d-small --malloc tuned --traffic   # + bytes allocated per step
     python bench/step.py --cfg eg3d-small --device cpu --batch 8 --classes 100
+    python bench/step.py --cfg eg3d-small --device cpu --compare --malloc tuned   # layout x reuse
+    python bench/step.py --cfg demo --resolution 64 --classes 4 --device cpu --compare --malloc tuned
 
 The networks are built from the config's `G:` and `D:` sections with `c_dim = --classes` and
-the image resolution from the config's optional top-level `resolution` key (128 when absent).
+the image resolution from --resolution, else the config's optional top-level `resolution` key
+(128 when absent).
 Inputs are random: z ~ N(0, 1), one-hot classes, real images uniform in [-1, 1].
 
 What is timed (medians over --repeats after --warmup untimed runs):
@@ -33,6 +36,9 @@ What is timed (medians over --repeats after --warmup untimed runs):
   prints the bytes the step allocates in all (every intermediate tensor, summed). On a CPU
   each allocated byte is written at least once and usually read again, so this bounds the
   step from below by memory bandwidth, next to its arithmetic.
+* --compare (CPU): the G+D step of the four variants {NCHW, channels-last activations} x
+  {fakes regenerated, reused}, interleaved run by run so that they share the machine's load,
+  with each one's speed-up over NCHW + regenerated (the code before either change).
 * Peak memory: CPU, the peak resident set size seen during the timed runs minus the RSS
   before them (sampled every 2 ms by a thread; psutil), plus ru_maxrss; GPU,
   torch.cuda.max_memory_allocated over the timed runs.
@@ -50,7 +56,7 @@ import statistics
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import psutil
 import torch
@@ -58,7 +64,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from torch_utils.misc import tune_cpu_allocator  # noqa: E402
+from torch_utils.misc import cpu_channels_last, tune_cpu_allocator  # noqa: E402
 from training.discriminator import Discriminator  # noqa: E402
 from training.options import load_config, to_plain  # noqa: E402
 from training.triplane import TriPlaneGenerator  # noqa: E402
@@ -66,13 +72,14 @@ from training.triplane import TriPlaneGenerator  # noqa: E402
 DEFAULT_RESOLUTION = 128
 
 
-def build_networks(cfg_name: str, classes: int, device: torch.device) -> Tuple[torch.nn.Module, torch.nn.Module, dict]:
+def build_networks(cfg_name: str, classes: int, device: torch.device,
+                   resolution: Optional[int] = None) -> Tuple[torch.nn.Module, torch.nn.Module, dict]:
     """G and D of a named config (train mode, no parameter requires grad), and the config."""
     opts = load_config(cfg_name)
     for key in ("G", "D"):
         if key not in opts:
             raise ValueError(f"--cfg {cfg_name}: the config has no '{key}:' section")
-    res = int(opts.get("resolution") or DEFAULT_RESOLUTION)
+    res = int(resolution or opts.get("resolution") or DEFAULT_RESOLUTION)
     torch.manual_seed(0)
     G = TriPlaneGenerator(**to_plain(opts.G), c_dim=classes, img_res=res)
     D = Discriminator(**to_plain(opts.D), c_dim=classes, img_resolution=res)
@@ -183,8 +190,25 @@ def _fmt(times: List[float]) -> str:
     return f"{statistics.median(times):8.3f} s (min {min(times):.3f}, max {max(times):.3f})"
 
 
+def compare_variants(G, D, inputs, batch: int, repeats: int, warmup: int) -> None:
+    """Interleaved G+D steps of {NCHW, channels-last} x {regenerated, reused fakes} (CPU)."""
+    variants = {(cl, reuse): [] for cl in (False, True) for reuse in (False, True)}
+    for run in range(warmup + repeats):
+        for (cl, reuse), times in variants.items():
+            with cpu_channels_last(cl):
+                start = time.perf_counter()
+                gd_step(G, D, inputs, reuse)
+                if run >= warmup:
+                    times.append(time.perf_counter() - start)
+    base = statistics.median(variants[(False, False)])
+    for (cl, reuse), times in variants.items():
+        name = f"{'channels-last' if cl else 'NCHW'}, fakes {'reused' if reuse else 'regenerated'}"
+        step = statistics.median(times)
+        print(f"  {name:36s} {_fmt(times)}  {batch / step:6.2f} images/s  x{base / step:.2f}")
+
+
 def bench_device(args, device: torch.device) -> None:
-    G, D, opts = build_networks(args.cfg, args.classes, device)
+    G, D, opts = build_networks(args.cfg, args.classes, device, args.resolution)
     batch = args.batch or int(opts.batch)
     inputs = make_inputs(G, batch, args.classes, device)
     n_g = sum(p.numel() for p in G.parameters())
@@ -192,6 +216,12 @@ def bench_device(args, device: torch.device) -> None:
     print(f"[{device}] cfg {args.cfg}: batch {batch}, img {G.img_res}, neural {G.neural_res}, "
           f"tri-plane {G.triplane_res}x{G.triplane_channels}, samples {G.renderer.num_coarse}+{G.renderer.num_fine}, "
           f"G {n_g / 1e6:.2f}M params, D {n_d / 1e6:.2f}M params, classes {args.classes}", flush=True)
+    if args.compare:
+        if device.type != "cpu":
+            print("  --compare: CPU only (the layout policy is a CPU setting)")
+            return
+        compare_variants(G, D, inputs, batch, args.repeats, args.warmup)
+        return
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with PeakRSS() as rss:
@@ -228,6 +258,10 @@ def main() -> None:
                         help="also print the bytes one G+D step allocates (profiled once, untimed)")
     parser.add_argument("--reuse-fakes", action="store_true",
                         help="D_main scores the detached G_main fakes instead of regenerating them")
+    parser.add_argument("--compare", action="store_true",
+                        help="interleave NCHW / channels-last x regenerated / reused fakes (CPU) and print speed-ups")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="image resolution (default: the config's 'resolution' key, else 128; the demo's data is 64)")
     args = parser.parse_args()
     if args.batch is not None and args.batch < 1:
         parser.error(f"--batch must be >= 1, got {args.batch}")

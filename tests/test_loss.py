@@ -155,3 +155,67 @@ def test_opacity_regulariser_adds_a_times_one_minus_a_and_pushes_opacity_away_fr
     assert abs(stats.mean("Loss/G/opacity_reg") - 0.3 * 0.7) < 1e-6
     # d/ds of a(1-a) with a = 0.3 s at s = 1: 0.3 (1 - 2a) = 0.12 > 0, so descent lowers a < 1/2 toward 0.
     assert abs((grads[1.0] - grads[0.0]) - 0.12) < 1e-6
+
+
+class CountingG(StubG):
+    """StubG that counts synthesis calls and records update_emas."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.ema_updates = 0, 0
+
+    def synthesis(self, ws, views=1, update_emas=False, neural_res=None):
+        self.calls += 1
+        self.ema_updates += int(update_emas)
+        return super().synthesis(ws, views=views, update_emas=update_emas, neural_res=neural_res)
+
+
+class RecordingD(torch.nn.Module):
+    """D(x) = s * mean(x) with a learnable s; keeps every image it saw, in call order."""
+
+    def __init__(self):
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, img, c, update_emas=False):
+        self.seen.append(img["image"].detach().clone())
+        return self.s * img["image"].mean(dim=[1, 2, 3])[:, None]
+
+
+def _g_step_then_d_step(loss, G):
+    """A G_main round, G's update (its scale doubles), then a D_main round."""
+    z, c, real = torch.zeros(2, 3), torch.eye(2), torch.zeros(2, 3, 8, 8)
+    loss.accumulate_gradients("G_main", real, c, z, c, gain=1, cur_nimg=0)
+    G.scale.data.fill_(2.0)
+    loss.accumulate_gradients("D_main", real, c, z, c, gain=1, cur_nimg=0)
+
+
+def test_reuse_fakes_scores_the_g_phase_images_without_running_g_again():
+    G, D = CountingG(), RecordingD()
+    loss = TriPlaneGANLoss(G, D, schedule=MultiViewSchedule(views=3, start_kimg=0), density_reg=0, r1_gamma=0,
+                           reuse_fakes=True)
+    _g_step_then_d_step(loss, G)
+    g_fakes, d_fakes, _reals = D.seen
+    assert G.calls == 1 and G.ema_updates == 1  # running averages still move once per step
+    assert d_fakes.shape[0] == 6 and torch.equal(d_fakes, g_fakes)  # all 3 views, from before G's update
+    assert D.s.grad is not None and not loss._fakes_for_d  # D learnt from them; nothing kept
+
+
+def test_without_reuse_d_generates_fresh_fakes():
+    G, D = CountingG(), RecordingD()
+    loss = TriPlaneGANLoss(G, D, density_reg=0, r1_gamma=0)
+    _g_step_then_d_step(loss, G)
+    g_fakes, d_fakes, _reals = D.seen
+    assert G.calls == 2 and G.ema_updates == 1
+    assert torch.allclose(d_fakes, g_fakes * 2.0)  # rendered again, by the updated G
+
+
+def test_discard_fakes_drops_what_no_d_phase_took():
+    G, D = CountingG(), RecordingD()
+    loss = TriPlaneGANLoss(G, D, density_reg=0, r1_gamma=0, reuse_fakes=True)
+    loss.accumulate_gradients("G_main", None, None, torch.zeros(2, 3), torch.eye(2), gain=1, cur_nimg=0)
+    loss.discard_fakes()
+    loss.accumulate_gradients("D_main", torch.zeros(2, 3, 8, 8), torch.eye(2), torch.zeros(2, 3), torch.eye(2),
+                              gain=1, cur_nimg=0)
+    assert G.calls == 2  # nothing was kept, so D generated its own

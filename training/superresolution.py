@@ -69,7 +69,7 @@ class SuperResolution(nn.Module):
             block = getattr(self, name)
             block_ws = w.expand(-1, block.num_conv + block.num_torgb, -1)
             feat, residual = block(feat, residual, block_ws, noise_mode=noise_mode, **block_kwargs)
-        return base + residual.contiguous()  # NCHW whatever the blocks used
+        return base + residual
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, neural_res={self.neural_res}, img_res={self.img_res}"
