@@ -395,9 +395,11 @@ class SynthesisBlock(nn.Module):
             x = x.to(dtype=dtype, memory_format=memory_format)
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
-        # The skip image stays NCHW: ToRGB widens the channels (32 -> 96 for tri-planes), so
-        # converting its input is cheaper than converting its output.
-        y = self.torgb(x.contiguous(), next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
+        # The skip image stays NCHW; of ToRGB's input and output, convert the one with fewer
+        # channels (its input for 32 -> 96 tri-plane channels, its output for 64 -> 3 RGB).
+        narrow_output = self.torgb.out_channels < self.torgb.in_channels
+        y = self.torgb(x if narrow_output else x.contiguous(), next(w_iter), fused_modconv=fused_modconv)
+        y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
         if img is not None:
             misc.assert_shape(img, [None, self.img_channels, in_res, in_res])
             if self.up == 2:
