@@ -41,10 +41,11 @@ def _dry_run(*args):
 
 def test_dry_run_prints_merged_options(tiny_dataset):
     result = _dry_run("--cfg", "imagenet100", "--data", str(tiny_dataset), "--multiview-at", "8000kimg",
-                      "--no-extra-blocks", "--gamma", "0.5", "--batch", "32")
+                      "--no-extra-blocks", "--gamma", "0.5", "--batch", "32", "--reuse-fakes")
     assert result.exit_code == 0, result.output
     opts = yaml.safe_load(result.output)
     assert opts["multiview_at"] == 8000.0 and opts["G"]["extra_blocks"] is False
+    assert opts["loss"]["reuse_fakes"] is True  # off in the config, on from the flag
     assert opts["loss"]["r1_gamma"] == 0.5 and opts["batch"] == 32 and opts["num_gpus"] == 1
 
 
