@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from dnnlib import EasyDict
 from torch_utils.checkpoint import load_state
 from training import distributed as tdist
 from training.snapshot import list_snapshots, load_snapshot
@@ -22,12 +23,15 @@ def _weights(trainer: Trainer) -> dict:
             for k, v in net.state_dict().items()}
 
 
-def test_resume_is_bitwise_exact(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("reuse_fakes", [True, False])
+def test_resume_is_bitwise_exact(tiny_dataset, tmp_path, reuse_fakes):
     """N+M steps in one run equal N steps, stop, resume, M steps (every weight bitwise equal)."""
     torch.use_deterministic_algorithms(True)
     try:
-        # 5 steps of batch 4; 3-view discrimination from step 2 on, lazy regularisers every 2 steps, ADA on.
-        common = dict(multiview_at=0.008, aug_p=0.2)
+        # 5 steps of batch 4; 3-view discrimination from step 2 on, lazy regularisers every 2 steps, ADA on;
+        # D scoring G's fakes (the demo's setting) or fresh ones (EG3D's).
+        loss = EasyDict(tiny_options(tiny_dataset).loss, reuse_fakes=reuse_fakes)
+        common = dict(multiview_at=0.008, aug_p=0.2, loss=loss)
         full = training_loop(tiny_options(tiny_dataset, kimg=0.020, **common), tmp_path / "full", CPU)
         first = training_loop(tiny_options(tiny_dataset, kimg=0.012, **common), tmp_path / "split", CPU)
         snapshot = list_snapshots(tmp_path / "split")[-1]
