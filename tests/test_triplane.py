@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import misc
-from training.triplane import TriPlaneDecoder, TriPlaneGenerator, project_onto_planes, sample_from_planes
+from training.triplane import TriPlaneDecoder, TriPlaneGenerator, project_onto_planes, sample_from_planes, \
+    sample_mean_from_planes
 from training.volumetric_rendering import cameras_from_angles
 
 C_DIM = 3
@@ -75,6 +76,19 @@ def test_points_outside_box_read_zero():
     feats = sample_from_planes(planes, pts, box_size=1.0)
     assert torch.allclose(feats[0, :, 0], torch.ones(3, 4))
     assert torch.allclose(feats[0, :, 1], torch.zeros(3, 4))
+
+
+def test_mean_sampler_equals_the_mean_of_the_per_plane_samples_with_gradients():
+    torch.manual_seed(0)
+    planes = torch.randn(2, 3, 5, 8, 8, requires_grad=True)
+    pts = torch.rand(2, 7, 3) * 1.2 - 0.6  # some points outside the box of size 1
+    weights = torch.randn(2, 7, 5)
+    mean = sample_mean_from_planes(planes, pts, box_size=1.0)
+    reference = sample_from_planes(planes, pts, box_size=1.0).mean(dim=1)
+    assert mean.shape == (2, 7, 5) and torch.allclose(mean, reference, atol=1e-6)
+    (grad,) = torch.autograd.grad((mean * weights).sum(), planes)
+    (grad_ref,) = torch.autograd.grad((reference * weights).sum(), planes)
+    assert torch.allclose(grad, grad_ref, atol=1e-6)
 
 
 def test_sample_density_aggregates_planes_by_mean():

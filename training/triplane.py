@@ -20,6 +20,7 @@ __all__ = [
     "PLANE_AXES",
     "project_onto_planes",
     "sample_from_planes",
+    "sample_mean_from_planes",
     "TriPlaneDecoder",
     "TriPlaneGenerator",
     "DEFAULT_RENDERING_KWARGS",
@@ -68,6 +69,20 @@ def sample_from_planes(planes: torch.Tensor, points: torch.Tensor, box_size: flo
     Zero outside the box (grid_sample zero padding, align_corners=False). Uses the
     double-differentiable grid sampler so gradient penalties can flow through the planes.
     """
+    return _sample_channels_first(planes, points, box_size).permute(0, 1, 3, 2)
+
+
+def sample_mean_from_planes(planes: torch.Tensor, points: torch.Tensor, box_size: float) -> torch.Tensor:
+    """The mean over the three planes of `sample_from_planes`: [B,M,C] (the decoder's input).
+
+    Averaged in the sampler's channels-first layout, so only a third of the data is transposed
+    (forward and backward) instead of all three planes' samples.
+    """
+    return _sample_channels_first(planes, points, box_size).mean(dim=1).transpose(1, 2)
+
+
+def _sample_channels_first(planes: torch.Tensor, points: torch.Tensor, box_size: float) -> torch.Tensor:
+    """planes [B,3,C,R,R], points [B,M,3] -> features [B,3,C,M]."""
     b, n_planes, c, h, w = planes.shape
     if n_planes != 3:
         raise ValueError(f"planes must be [B,3,C,R,R], got {tuple(planes.shape)}")
@@ -76,7 +91,7 @@ def sample_from_planes(planes: torch.Tensor, points: torch.Tensor, box_size: flo
     coords = project_onto_planes(points, box_size).to(planes.dtype)  # [B,3,M,2]
     grid = coords.reshape(b * 3, -1, 1, 2)
     out = grid_sample_gradfix.grid_sample(planes.reshape(b * 3, c, h, w), grid)  # [B*3, C, M, 1]
-    return out.reshape(b, 3, c, -1).permute(0, 1, 3, 2)
+    return out.reshape(b, 3, c, -1)
 
 
 class TriPlaneDecoder(nn.Module):
@@ -191,7 +206,7 @@ class TriPlaneGenerator(nn.Module):
         The density is raw (what the renderer receives) unless ``activate``, which applies the
         renderer's density activation (non-negative sigma, e.g. for mesh extraction).
         """
-        feats = sample_from_planes(planes, points, self.box_size).mean(dim=1)  # mean over the 3 planes
+        feats = sample_mean_from_planes(planes, points, self.box_size)
         sigma, features = self.decoder(feats)
         if activate:
             sigma = activate_density(sigma, self.renderer.density_activation)
