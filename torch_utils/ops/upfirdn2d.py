@@ -27,7 +27,7 @@ filter that requires grad, `impl=None` uses the reference path.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -329,6 +329,18 @@ def _shifted_sum(x: torch.Tensor, h: Sequence[float], taps, starts, dim: int, le
     return out
 
 
+def _conv_padding(pad0: int, pad1: int, stride: int) -> Optional[Tuple[int, int]]:
+    """(symmetric conv padding, leading outputs to skip) equal to padding (pad0, pad1) before a
+    conv with `stride`, or None where there is none (a crop, or a misaligned extra front pad)."""
+    if pad0 < 0 or pad1 < 0:
+        return None
+    pad = max(pad0, pad1)
+    extra_front = pad - pad0
+    if extra_front % stride:
+        return None
+    return pad, extra_front // stride
+
+
 def _depthwise_kernel(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torch.Tensor:
     """upfirdn2d with a full 2-D filter as one depthwise (transposed) convolution.
 
@@ -342,8 +354,19 @@ def _depthwise_kernel(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torc
     f = f.to(device=x.device, dtype=x.dtype)
     if geom.upx == geom.upy == 1:
         w = f if geom.flip else f.flip([0, 1])  # conv2d correlates; flipped, it convolves
-        x = _pad_or_crop(x, geom.px0, geom.px1, geom.py0, geom.py1)
-        return F.conv2d(x, w[None, None].expand(c, 1, fh, fw), stride=(geom.downy, geom.downx), groups=c)
+        w = w[None, None].expand(c, 1, fh, fw)
+        stride = (geom.downy, geom.downx)
+        pads = (_conv_padding(geom.py0, geom.py1, geom.downy), _conv_padding(geom.px0, geom.px1, geom.downx))
+        if None in pads:
+            x = _pad_or_crop(x, geom.px0, geom.px1, geom.py0, geom.py1)
+            return F.conv2d(x, w, stride=stride, groups=c)
+        # The conv pads internally (no padded copy of x); outputs beyond the wanted ones are dropped.
+        (pad_y, skip_y), (pad_x, skip_x) = pads
+        out_h, out_w = geom.out_size(x.shape[2], x.shape[3], fh, fw)
+        y = F.conv2d(x, w, stride=stride, padding=(pad_y, pad_x), groups=c)
+        if y.shape[2:] == (out_h, out_w):
+            return y
+        return y[:, :, skip_y:skip_y + out_h, skip_x:skip_x + out_w].clone(memory_format=torch.preserve_format)
     if geom.downx != 1 or geom.downy != 1:
         return _upfirdn2d_ref(x, f, geom)  # not used by the networks
     w = f.flip([0, 1]) if geom.flip else f  # conv_transpose2d convolves; flipped, it correlates
