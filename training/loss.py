@@ -15,7 +15,7 @@ would otherwise let D spot multi-view fakes by their low within-group variance.
 
 With `reuse_fakes` the discriminator's fake phase scores the images the generator phase of the
 same step just made (detached) instead of running G again: one G forward fewer per step
-(1.4x the images/s of the demo on a CPU), at the price of D seeing fakes from G one optimiser
+(1.2x the images/s of the demo's G+D step on a CPU), at the price of D seeing fakes from G one optimiser
 step old, as in the classic alternating GAN update. Off by default, as in EG3D.
 """
 
