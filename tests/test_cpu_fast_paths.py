@@ -56,3 +56,54 @@ def test_bias_act_cpu_fast_path_matches_ref(act, clamp, gain, with_b):
     xs = x[:1, :2, :3, :2].clone().requires_grad_(True)
     fn = lambda x_: bias_act(x_, None if b is None else b[:2], act=act, gain=gain, clamp=clamp)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (xs,)) and torch.autograd.gradgradcheck(fn, (xs,))
+
+
+# The C++ kernel (bias_act_cpu.cpp) behind the float32 CPU path, in every layout it walks:
+# NCHW blocks, channels-last rows, a bias along the last dim, 2-D, and no bias.
+BIAS_ACT_LAYOUTS = {
+    "nchw": ((3, 5, 6, 7), 1, False),
+    "channels_last": ((3, 5, 6, 7), 1, True),
+    "last_dim": ((3, 5, 6, 7), 3, False),
+    "rows": ((9, 20), 1, False),
+    "no_bias": ((4, 6, 5), None, False),
+}
+
+
+@pytest.mark.parametrize("layout", list(BIAS_ACT_LAYOUTS))
+@pytest.mark.parametrize("act,clamp,gain", [("lrelu", None, None), ("lrelu", 0.7, None), ("relu", 0.9, 1.3),
+                                            ("linear", 0.8, 2.0)])
+def test_bias_act_cpu_kernel_matches_ref(monkeypatch, layout, act, clamp, gain):
+    """Value, x and b gradients, and the R1-style second derivative (through d/d dy) against float64."""
+    from torch_utils.custom_ops import cpu_build_available
+    from torch_utils.ops import bias_act as ba
+
+    ok, reason = cpu_build_available()
+    if not ok:
+        pytest.skip(f"no CPU plugin can be built here: {reason}")
+    module = ba._cpu_plugin.get()
+    assert module is not None, ba._cpu_plugin.failed_reason
+    calls = []
+    monkeypatch.setattr(ba._cpu_plugin, "_module",
+                        type("Spy", (), {"bias_act_cpu": staticmethod(lambda *a: calls.append(a[4]) or
+                                                                      module.bias_act_cpu(*a))})())
+    shape, dim, channels_last = BIAS_ACT_LAYOUTS[layout]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=gen) * 1.5
+    x = torch.where(x.abs() < 0.05, x + 0.1, x)
+    b = None if dim is None else torch.randn(shape[dim], generator=gen) * 0.01  # keeps x + b off the kinks
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dy, w = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    results = []
+    for dtype, impl in ((torch.float32, None), (torch.float64, "ref")):
+        xi, dyi = x.to(dtype).requires_grad_(True), dy.to(dtype).requires_grad_(True)
+        bi = None if b is None else b.to(dtype).requires_grad_(True)
+        y = bias_act(xi, bi, dim=dim or 1, act=act, gain=gain, clamp=clamp, impl=impl)
+        inputs = [xi] + ([bi] if bi is not None else [])
+        grads = torch.autograd.grad(y, inputs, dyi, create_graph=True)
+        (ddy,) = torch.autograd.grad((grads[0] * w.to(dtype)).sum(), dyi)
+        results.append([y, *grads, ddy])
+    assert y.shape == x.shape and results[0][0].stride() == x.stride()
+    for got, want in zip(*results):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert calls and set(calls) == {0, 2}  # forward and gradient-from-y modes both ran in C++

@@ -52,3 +52,37 @@ def test_build_cache_key_changes_with_sources(tmp_path):
 def test_cuda_build_available_says_why_not():
     ok, reason = custom_ops.cuda_build_available()
     assert not ok and reason
+
+
+def test_cpu_plugins_can_be_switched_off(monkeypatch, tmp_path):
+    """TRIPLANE3D_CPU_PLUGINS=0: no build is tried, one warning, and the caller gets None."""
+    monkeypatch.setenv("TRIPLANE3D_CPU_PLUGINS", "0")
+    ok, reason = custom_ops.cpu_build_available()
+    assert not ok and "TRIPLANE3D_CPU_PLUGINS=0" in reason
+    plugin = custom_ops.CpuPlugin("never_built_cpu_plugin", sources=["missing.cpp"], source_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="CPU plugin 'never_built_cpu_plugin'"):
+        assert plugin.get() is None
+    assert "TRIPLANE3D_CPU_PLUGINS=0" in plugin.failed_reason
+
+
+def test_cpu_plugin_build_dir_is_keyed_by_cpu_and_torch(monkeypatch, tmp_path):
+    """-march=native binaries must not be reused on another CPU or against another torch."""
+    monkeypatch.setattr(custom_ops, "cpu_build_available", lambda: (True, ""))
+    monkeypatch.setenv("TRIPLANE3D_CACHE_DIR", str(tmp_path / "cache"))
+    seen = {}
+
+    def fake_load(**kwargs):
+        seen.update(kwargs)
+        raise OSError("stop here")
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    (tmp_path / "k.cpp").write_text("// kernel\n")
+    plugin = custom_ops.CpuPlugin("keyed_plugin", sources=["k.cpp"], source_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="stop here"):
+        assert plugin.get() is None
+    assert seen["build_directory"].endswith(custom_ops._cpu_tag())
+    assert "-march=native" in seen["extra_cflags"] and "-fopenmp" in seen["extra_ldflags"]
+    monkeypatch.setattr(custom_ops.torch, "__version__", "0.0.0-other")
+    assert custom_ops._cpu_tag() not in seen["build_directory"]

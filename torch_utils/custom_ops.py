@@ -1,13 +1,16 @@
-"""Builds the CUDA plugins of torch_utils/ops on first use, caches them, and falls back quietly.
+"""Builds the C++/CUDA plugins of torch_utils/ops on first use, caches them, and falls back quietly.
 
-Each op that has a CUDA kernel owns one `CudaPlugin`. `plugin.get()` returns the compiled
-extension module, or None when it cannot be had (no GPU, no compiler, a build error); in
-that case a single warning per plugin is printed and the op uses its reference path. A
-failed build never crashes the run.
+Each op that has a CUDA kernel owns one `CudaPlugin`; an op with a CPU kernel owns one
+`CpuPlugin` (C++ built with the host compiler, threads from torch's own pool). `plugin.get()`
+returns the compiled extension module, or None when it cannot be had (no GPU, no compiler,
+a build error); in that case a single warning per plugin is printed and the op uses its
+reference path. A failed build never crashes the run.
 
 Builds go to a cache directory keyed by the hash of the sources and by the GPU's compute
-capability, so another process (or a later run) with the same sources reuses the binary.
+capability (CUDA) or the CPU's instruction sets and the torch version (CPU, compiled with
+-march=native), so another process (or a later run) with the same sources reuses the binary.
 Cache location: $TRIPLANE3D_CACHE_DIR/torch_extensions, else ~/.cache/triplane3d/torch_extensions.
+Set TRIPLANE3D_CPU_PLUGINS=0 to keep the CPU ops on their PyTorch paths.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from dnnlib.util import cache_root
 
-__all__ = ["CudaPlugin", "plugin_cache_dir", "cuda_build_available"]
+__all__ = ["CudaPlugin", "CpuPlugin", "plugin_cache_dir", "cuda_build_available", "cpu_build_available"]
 
 # Set TRIPLANE3D_CUSTOM_OPS_VERBOSE=1 to see the compiler's output.
 _VERBOSE = os.environ.get("TRIPLANE3D_CUSTOM_OPS_VERBOSE", "0") == "1"
@@ -54,6 +57,20 @@ def cuda_build_available() -> tuple[bool, str]:
     return True, ""
 
 
+def cpu_build_available() -> tuple[bool, str]:
+    """Whether a CPU plugin can be built here; the reason when it cannot."""
+    if os.environ.get("TRIPLANE3D_CPU_PLUGINS", "1") == "0":
+        return False, "TRIPLANE3D_CPU_PLUGINS=0 turns the CPU plugins off"
+    if sys.platform != "linux":
+        return False, f"CPU plugins are built on Linux only (this is {sys.platform})"
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return False, f"no C++ compiler ({compiler!r}) on PATH"
+    if shutil.which("ninja") is None and importlib.util.find_spec("ninja") is None:
+        return False, "ninja is not installed (pip install ninja)"
+    return True, ""
+
+
 def _hash_files(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
@@ -67,30 +84,29 @@ def _gpu_tag() -> str:
     return f"sm{major}{minor}"
 
 
-class CudaPlugin:
-    """One lazily built CUDA extension.
+def _cpu_tag() -> str:
+    """The instruction sets the binary may use (-march=native) and the torch it links against."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    digest = hashlib.sha256((flags + torch.__version__).encode()).hexdigest()[:10]
+    return f"cpu{digest}"
 
-    Args:
-        name: extension module name, e.g. "bias_act_plugin".
-        sources: source files (.cpp binding and .cu kernels) relative to `source_dir`.
-        headers: extra files (e.g. shared .h) that take part in the hash but are not compiled.
-        source_dir: directory holding the sources (defaults to torch_utils/ops).
-        extra_cuda_cflags: flags passed to nvcc.
-    """
 
-    def __init__(
-        self,
-        name: str,
-        sources: Sequence[str],
-        headers: Sequence[str] = (),
-        source_dir: Optional[os.PathLike] = None,
-        extra_cuda_cflags: Sequence[str] = ("--use_fast_math", "-O3"),
-    ) -> None:
+class _Plugin:
+    """A lazily built extension: `get()` builds once, caches the module or the failure."""
+
+    kind = "C++"
+
+    def __init__(self, name: str, sources: Sequence[str], headers: Sequence[str] = (),
+                 source_dir: Optional[os.PathLike] = None) -> None:
         self.name = name
         self.source_dir = Path(source_dir) if source_dir else Path(__file__).parent / "ops"
         self.sources = [self.source_dir / s for s in sources]
         self.headers = [self.source_dir / h for h in headers]
-        self.extra_cuda_cflags = list(extra_cuda_cflags)
         self._module: Optional[ModuleType] = None
         self._failed_reason: Optional[str] = None
         self._lock = threading.Lock()
@@ -118,12 +134,71 @@ class CudaPlugin:
         self._failed_reason = reason
         first_line = reason.strip().splitlines()[0] if reason.strip() else reason
         warnings.warn(
-            f"Could not build the CUDA plugin '{self.name}' ({first_line}); "
+            f"Could not build the {self.kind} plugin '{self.name}' ({first_line}); "
             "falling back to the reference PyTorch implementation (slower, same results). "
             "Set TRIPLANE3D_CUSTOM_OPS_VERBOSE=1 for the compiler output.",
             RuntimeWarning,
             stacklevel=3,
         )
+
+    def _build(self) -> ModuleType:
+        raise NotImplementedError
+
+
+class CpuPlugin(_Plugin):
+    """One lazily built C++ CPU extension (OpenMP threads through ATen's parallel_for).
+
+    Compiled with -O3 -march=native, so the cache key holds the CPU's flags; -fopenmp
+    because ATen's parallel_for is inline OpenMP code in this torch's headers.
+    """
+
+    kind = "CPU"
+
+    def _build(self) -> ModuleType:
+        ok, reason = cpu_build_available()
+        if not ok:
+            raise RuntimeError(reason)
+        from torch.utils import cpp_extension
+
+        key = _hash_files(self.sources + self.headers)
+        build_dir = plugin_cache_dir() / f"{self.name}-{key}-{_cpu_tag()}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        module = cpp_extension.load(
+            name=self.name,
+            sources=[str(s) for s in self.sources],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            extra_include_paths=[str(self.source_dir)],
+            build_directory=str(build_dir),
+            verbose=_VERBOSE,
+        )
+        sys.modules.setdefault(self.name, module)
+        return module
+
+
+class CudaPlugin(_Plugin):
+    """One lazily built CUDA extension.
+
+    Args:
+        name: extension module name, e.g. "bias_act_plugin".
+        sources: source files (.cpp binding and .cu kernels) relative to `source_dir`.
+        headers: extra files (e.g. shared .h) that take part in the hash but are not compiled.
+        source_dir: directory holding the sources (defaults to torch_utils/ops).
+        extra_cuda_cflags: flags passed to nvcc.
+    """
+
+    kind = "CUDA"
+
+    def __init__(
+        self,
+        name: str,
+        sources: Sequence[str],
+        headers: Sequence[str] = (),
+        source_dir: Optional[os.PathLike] = None,
+        extra_cuda_cflags: Sequence[str] = ("--use_fast_math", "-O3"),
+    ) -> None:
+        super().__init__(name, sources, headers, source_dir)
+        self.extra_cuda_cflags = list(extra_cuda_cflags)
 
     def _build(self) -> ModuleType:
         ok, reason = cuda_build_available()

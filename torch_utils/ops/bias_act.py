@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from dnnlib.util import EasyDict
-from torch_utils.custom_ops import CudaPlugin
+from torch_utils.custom_ops import CpuPlugin, CudaPlugin
 
 __all__ = ["activation_funcs", "bias_act"]
 
@@ -70,6 +70,7 @@ def _make_table() -> dict[str, EasyDict]:
 activation_funcs: dict[str, EasyDict] = _make_table()
 
 _plugin = CudaPlugin("bias_act_plugin", sources=["bias_act.cpp", "bias_act.cu"], headers=["bias_act.h"])
+_cpu_plugin = CpuPlugin("bias_act_cpu_plugin", sources=["bias_act_cpu.cpp"])
 
 # Kernel modes; must match `bias_act::Mode` in bias_act.h.
 _FORWARD, _GRAD_FROM_X, _GRAD_FROM_Y, _GRAD2_FROM_X = 0, 1, 2, 3
@@ -156,8 +157,9 @@ def _bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor], dim: int, spec: Ea
 
 # ---------------------------------------------------------------------------------------------
 # CPU fast path for the piecewise-linear activations: the kernel contract of the CUDA path
-# (forward and derivative-from-output modes) met with in-place torch ops, so one forward is
-# three passes over memory instead of five allocating ones, and the backward reads only y.
+# (forward and derivative-from-output modes), met by the C++ kernel of bias_act_cpu.cpp (one
+# pass over memory per call) for float32, else by in-place torch ops (three passes instead of
+# five allocating ones). Either way the backward reads only y.
 
 _CPU_ACTS = ("linear", "relu", "lrelu")
 
@@ -165,6 +167,16 @@ _CPU_ACTS = ("linear", "relu", "lrelu")
 def _cpu_kernel(x, b, y, g, mode, act_index, dim, alpha, gain, clamp, stream):
     """CPU stand-in for the plugin's bias_act (linear/relu/lrelu with gain > 0; modes 0 and 2)."""
     del stream
+    lay = x if mode == _FORWARD else y
+    if lay.dtype == torch.float32:
+        module = _cpu_plugin.get()
+        if module is not None:
+            return module.bias_act_cpu(x, b, y, g, mode, act_index, dim, alpha, gain, clamp)
+    return _cpu_kernel_torch(x, b, y, g, mode, act_index, dim, alpha, gain, clamp)
+
+
+def _cpu_kernel_torch(x, b, y, g, mode, act_index, dim, alpha, gain, clamp):
+    """The same contract with in-place torch ops (any float dtype; used without the C++ kernel)."""
     act = ("linear", "relu", "lrelu")[act_index]
     if mode == _FORWARD:
         if b.numel() > 0:

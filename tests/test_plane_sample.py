@@ -1,0 +1,137 @@
+"""The CPU kernel of torch_utils.ops.plane_sample against the grid_sample reference path."""
+
+import pytest
+import torch
+
+from torch_utils.custom_ops import cpu_build_available
+from torch_utils.ops import plane_sample
+
+
+@pytest.fixture
+def kernel_module():
+    ok, reason = cpu_build_available()
+    if not ok:
+        pytest.skip(f"no CPU plugin can be built here: {reason}")
+    module = plane_sample._plugin.get()
+    assert module is not None, plane_sample._plugin.failed_reason
+    return module
+
+
+class _Spy:
+    """Counts the calls into the compiled module (proves the kernel, not the fallback, ran)."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+
+        def wrapped(*args):
+            self.calls.append(name)
+            return fn(*args)
+        return wrapped
+
+
+def _inputs(b, p, c, h, w, m, seed=0, spread=1.3):
+    gen = torch.Generator().manual_seed(seed)
+    planes = torch.randn(b, p, c, h, w, generator=gen)
+    grid = (torch.rand(b, p, m, 2, generator=gen) * 2 - 1) * spread  # some points outside [-1, 1]
+    # Exact pixel centres and plane edges, where bilinear weights are 0 or 1 (align_corners=False).
+    special = torch.tensor([[-1 + 1 / w, -1 + 1 / h], [1.0, -1.0], [-1 - 0.5 / w, 0.25]])[:m]
+    grid[:, :, :len(special)] = special
+    return planes, grid
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 6, 40), (1, 3, 33, 16, 16, 300), (3, 2, 1, 4, 9, 17),
+                                   (1, 3, 32, 64, 64, 2000)])
+def test_kernel_matches_grid_sample(kernel_module, monkeypatch, shape):
+    spy = _Spy(kernel_module)
+    monkeypatch.setattr(plane_sample._plugin, "_module", spy)
+    planes, grid = _inputs(*shape)
+    planes.requires_grad_(True)
+    out = plane_sample.sample_mean(planes, grid)
+    ref = plane_sample.sample_mean_ref(planes, grid)
+    assert out.shape == (shape[0], shape[5], shape[2])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (g,) = torch.autograd.grad(out, planes, dy)
+    (g_ref,) = torch.autograd.grad(ref, planes, dy)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+    assert spy.calls == ["sample_mean_forward", "sample_mean_backward"]
+
+
+def test_kernel_takes_any_plane_strides(kernel_module):
+    """Planes that are a permuted view (here channel-last in memory) give the same values and a
+    gradient with the planes' own strides."""
+    planes, grid = _inputs(2, 3, 6, 8, 5, 50, seed=1)
+    strided = planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3).requires_grad_(True)
+    out = plane_sample.sample_mean(strided, grid)
+    torch.testing.assert_close(out, plane_sample.sample_mean_ref(planes, grid), rtol=1e-5, atol=1e-6)
+    (g,) = torch.autograd.grad(out.sum(), strided)
+    (g_ref,) = torch.autograd.grad(plane_sample.sample_mean_ref(strided, grid).sum(), strided)
+    assert g.stride() == strided.stride()
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_is_bitwise_reproducible_across_thread_counts(kernel_module):
+    planes, grid = _inputs(2, 3, 8, 32, 32, 5000, seed=2, spread=0.9)
+    planes.requires_grad_(True)
+    dy = torch.randn(2, 5000, 8, generator=torch.Generator().manual_seed(4))
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out = plane_sample.sample_mean(planes, grid)
+            results.append((out, torch.autograd.grad(out, planes, dy)[0]))
+    finally:
+        torch.set_num_threads(before)
+    for out, grad in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+def test_far_and_nan_points_sample_zero(kernel_module):
+    planes, _ = _inputs(1, 3, 4, 6, 6, 1)
+    grid = torch.tensor([[1e20, 0.0], [-1e20, 3.0], [float("nan"), 0.0], [0.0, float("inf")]]).expand(1, 3, 4, 2)
+    planes.requires_grad_(True)
+    out = plane_sample.sample_mean(planes, grid.contiguous())
+    assert torch.equal(out, torch.zeros(1, 4, 4))
+    (g,) = torch.autograd.grad(out.sum(), planes)
+    assert torch.equal(g, torch.zeros_like(planes))
+
+
+def test_grid_that_needs_gradient_uses_the_reference_path(kernel_module, monkeypatch):
+    spy = _Spy(kernel_module)
+    monkeypatch.setattr(plane_sample._plugin, "_module", spy)
+    planes, grid = _inputs(1, 3, 3, 6, 6, 20, spread=0.8)
+    grid.requires_grad_(True)
+    out = plane_sample.sample_mean(planes, grid)
+    (g_grid,) = torch.autograd.grad(out.sum(), grid)
+    (g_ref,) = torch.autograd.grad(plane_sample.sample_mean_ref(planes, grid).sum(), grid)
+    assert spy.calls == [] and torch.equal(g_grid, g_ref) and g_grid.abs().sum() > 0
+
+
+def test_reference_path_for_other_dtypes_and_impl_ref(kernel_module, monkeypatch):
+    spy = _Spy(kernel_module)
+    monkeypatch.setattr(plane_sample._plugin, "_module", spy)
+    planes, grid = _inputs(1, 3, 2, 5, 5, 10)
+    out64 = plane_sample.sample_mean(planes.double(), grid.double())
+    out_ref = plane_sample.sample_mean(planes, grid, impl="ref")
+    assert spy.calls == []
+    torch.testing.assert_close(out64.float(), out_ref)
+
+
+@pytest.mark.parametrize("planes_shape,grid_shape,match", [
+    ((1, 3, 2, 4), (1, 3, 5, 2), r"planes must be \[B,P,C,H,W\]"),
+    ((1, 3, 2, 4, 4), (1, 2, 5, 2), r"grid must be \[B,P,M,2\]"),
+    ((2, 3, 2, 4, 4), (1, 3, 5, 2), r"grid must be \[B,P,M,2\]"),
+    ((1, 3, 2, 4, 4), (1, 3, 5, 3), r"grid must be \[B,P,M,2\]"),
+])
+def test_bad_shapes_are_named(planes_shape, grid_shape, match):
+    with pytest.raises(ValueError, match=match):
+        plane_sample.sample_mean(torch.zeros(planes_shape), torch.zeros(grid_shape))
+
+
+def test_bad_impl_is_named():
+    with pytest.raises(ValueError, match="impl must be None or 'ref'"):
+        plane_sample.sample_mean(torch.zeros(1, 3, 2, 4, 4), torch.zeros(1, 3, 5, 2), impl="cuda")

@@ -1,0 +1,116 @@
+// CPU kernel of bias_act.py for the piecewise-linear activations (linear, relu, lrelu) with
+// gain > 0, one pass over memory per call:
+//
+//   mode 0 (forward):         y  = clamp(act((x + b) * gain), -clamp, clamp)
+//   mode 2 (grad from y):     dx = g * gain * act'(y) * (clamp < 0 or -clamp < y < clamp)
+//
+// act(v * gain) == act(v) * gain for these activations when gain > 0, and their derivative
+// follows from the output's sign, so the backward reads y and g only. The PyTorch stand-in
+// it replaces made three passes forward (add, activation, clamp) and three backward.
+//
+// Tensors are dense (contiguous or channels-last); b runs along `dim`. In any dense layout the
+// element at memory offset o belongs to channel (o / stride(dim)) % size(dim), so the kernel
+// walks memory linearly: blocks of stride(dim) elements share one bias (NCHW), or, when
+// stride(dim) == 1 (channels-last), every row of size(dim) elements holds the whole bias.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;  // elements per task: big enough to hide thread start-up
+
+struct Act {
+    int kind;      // 0 linear, 1 relu, 2 lrelu
+    float alpha;   // lrelu slope
+    float gain;
+    float clamp;   // < 0: none
+
+    inline float forward(float v) const {
+        v *= gain;
+        if (kind == 1) v = v > 0.f ? v : 0.f;
+        else if (kind == 2) v = v > 0.f ? v : v * alpha;
+        if (clamp >= 0.f) v = std::min(std::max(v, -clamp), clamp);
+        return v;
+    }
+    inline float grad(float g, float y) const {
+        float slope = gain;
+        if (kind == 1) slope = y > 0.f ? gain : 0.f;
+        else if (kind == 2) slope = y > 0.f ? gain : gain * alpha;
+        if (clamp >= 0.f && !(y > -clamp && y < clamp)) slope = 0.f;
+        return g * slope;
+    }
+};
+
+void forward_kernel(const float* x, const float* b, float* y, int64_t n, int64_t C, int64_t inner, const Act& a) {
+    if (b == nullptr) {
+        at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+            for (int64_t i = i0; i < i1; ++i) y[i] = a.forward(x[i]);
+        });
+    } else if (inner == 1) {  // channels-last: rows of C
+        const int64_t rows = n / C;
+        at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+                const float* xr = x + r * C;
+                float* yr = y + r * C;
+                for (int64_t c = 0; c < C; ++c) yr[c] = a.forward(xr[c] + b[c]);
+            }
+        });
+    } else {  // blocks of `inner` elements share channel (block % C)
+        const int64_t blocks = n / inner;
+        at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / inner), [&](int64_t k0, int64_t k1) {
+            for (int64_t k = k0; k < k1; ++k) {
+                const float bias = b[k % C];
+                const float* xk = x + k * inner;
+                float* yk = y + k * inner;
+                for (int64_t j = 0; j < inner; ++j) yk[j] = a.forward(xk[j] + bias);
+            }
+        });
+    }
+}
+
+void grad_kernel(const float* g, const float* y, float* dx, int64_t n, const Act& a) {
+    at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) dx[i] = a.grad(g[i], y[i]);
+    });
+}
+
+}  // namespace
+
+torch::Tensor bias_act_cpu(const torch::Tensor& x, const torch::Tensor& b, const torch::Tensor& y,
+                           const torch::Tensor& g, int64_t mode, int64_t act_index, int64_t dim,
+                           double alpha, double gain, double clamp) {
+    TORCH_CHECK(act_index >= 0 && act_index <= 2, "bias_act_cpu: act_index must be 0 (linear), 1 (relu) or 2 (lrelu)");
+    TORCH_CHECK(gain > 0, "bias_act_cpu: gain must be positive, got ", gain);
+    const Act a{static_cast<int>(act_index), static_cast<float>(alpha), static_cast<float>(gain),
+                static_cast<float>(clamp)};
+    if (mode == 0) {
+        TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32, "bias_act_cpu: x must be a float32 CPU tensor");
+        TORCH_CHECK(x.is_non_overlapping_and_dense(), "bias_act_cpu: x must be dense (contiguous or channels-last)");
+        auto out = torch::empty_like(x);
+        const bool has_b = b.numel() > 0;
+        if (has_b) {
+            TORCH_CHECK(b.dim() == 1 && b.size(0) == x.size(dim) && b.scalar_type() == torch::kFloat32 && b.is_contiguous(),
+                        "bias_act_cpu: b must be a contiguous float32 vector of x.size(dim) elements");
+        }
+        const int64_t C = has_b ? x.size(dim) : 1, inner = has_b ? x.stride(dim) : 1;
+        forward_kernel(x.data_ptr<float>(), has_b ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(),
+                       x.numel(), C, inner, a);
+        return out;
+    }
+    TORCH_CHECK(mode == 2, "bias_act_cpu: mode must be 0 (forward) or 2 (gradient from y), got ", mode);
+    TORCH_CHECK(y.scalar_type() == torch::kFloat32 && g.scalar_type() == torch::kFloat32,
+                "bias_act_cpu: y and g must be float32");
+    TORCH_CHECK(y.is_non_overlapping_and_dense() && g.strides() == y.strides() && g.sizes() == y.sizes(),
+                "bias_act_cpu: y must be dense and g must have y's sizes and strides");
+    auto dx = torch::empty_like(y);
+    grad_kernel(g.data_ptr<float>(), y.data_ptr<float>(), dx.data_ptr<float>(), y.numel(), a);
+    return dx;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("bias_act_cpu", &bias_act_cpu, "fused bias + linear/relu/lrelu + gain + clamp and its gradient (CPU)");
+}
