@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from torch_utils import misc
-from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
+from torch_utils.ops import bias_act, conv2d_resample, fma, modulate, upfirdn2d
 
 __all__ = [
     "normalize_2nd_moment",
@@ -228,35 +228,66 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     with per-sample kernels; otherwise x is scaled before and after a shared conv (the same
     result; cheaper in training). ``noise`` [B or 1,1,H',W'] is added after demodulation.
     """
+    if not fused_modconv:
+        x, dcoefs = modulated_conv2d_parts(x, weight, styles, up=up, down=down, padding=padding,
+                                           resample_filter=resample_filter, demodulate=demodulate,
+                                           flip_weight=flip_weight)
+        if demodulate and noise is not None:
+            return fma.fma(x, dcoefs.to(x.dtype).reshape(x.shape[0], -1, 1, 1), noise.to(x.dtype))
+        if demodulate:
+            return modulate.scale_channels(x, dcoefs.to(x.dtype))
+        return x if noise is None else x + noise.to(x.dtype)
+
     batch = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     misc.assert_shape(styles, [batch, in_ch])
-    if x.dtype == torch.float16 and demodulate:
-        # Demodulation removes per-sample and per-output-channel scales, so pre-normalising here
-        # changes nothing mathematically but keeps the fp16 products from overflowing.
-        weight = weight * (1.0 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
-        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    weight, styles = _prescale_for_fp16(x, weight, styles, demodulate)
     w = weight.unsqueeze(0) * styles.reshape(batch, 1, in_ch, 1, 1)  # [B, O, I, k, k]
-    dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt() if demodulate else None  # [B, O]
-
-    if not fused_modconv:
-        x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
-        x = conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down,
-                                            padding=padding, flip_weight=flip_weight)
-        if demodulate and noise is not None:
-            return fma.fma(x, dcoefs.to(x.dtype).reshape(batch, -1, 1, 1), noise.to(x.dtype))
-        if demodulate:
-            return x * dcoefs.to(x.dtype).reshape(batch, -1, 1, 1)
-        return x if noise is None else x + noise.to(x.dtype)
-
     if demodulate:
-        w = w * dcoefs.reshape(batch, -1, 1, 1, 1)
+        w = w * _demodulation_coefficients(w).reshape(batch, -1, 1, 1, 1)
     x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, in_ch, kh, kw)
     x = conv2d_resample.conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
                                         groups=batch, flip_weight=flip_weight)
     x = x.reshape(batch, -1, *x.shape[2:])
     return x if noise is None else x + noise.to(x.dtype)
+
+
+def modulated_conv2d_parts(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, up: int = 1,
+                           down: int = 1, padding: int = 0, resample_filter: Optional[torch.Tensor] = None,
+                           demodulate: bool = True, flip_weight: bool = True
+                           ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The unfused modulated conv before demodulation: (conv(x * styles, weight), dcoefs [B,O] or None).
+
+    The caller applies the coefficients, e.g. fused with noise, bias and activation by
+    `modulate.modulated_epilogue` (one pass instead of three on a CPU).
+    """
+    batch, in_ch = x.shape[0], weight.shape[1]
+    misc.assert_shape(styles, [batch, in_ch])
+    weight, styles = _prescale_for_fp16(x, weight, styles, demodulate)
+    dcoefs = None
+    if demodulate:
+        dcoefs = _demodulation_coefficients(weight.unsqueeze(0) * styles.reshape(batch, 1, in_ch, 1, 1))
+    x = modulate.scale_channels(x, styles.to(x.dtype))
+    x = conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down,
+                                        padding=padding, flip_weight=flip_weight)
+    return x, dcoefs
+
+
+def _prescale_for_fp16(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
+                       demodulate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    if x.dtype == torch.float16 and demodulate:
+        # Demodulation removes per-sample and per-output-channel scales, so pre-normalising here
+        # changes nothing mathematically but keeps the fp16 products from overflowing.
+        in_ch, kh, kw = weight.shape[1:]
+        weight = weight * (1.0 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    return weight, styles
+
+
+def _demodulation_coefficients(w: torch.Tensor) -> torch.Tensor:
+    """1 / norm of each modulated kernel: w [B,O,I,k,k] -> [B,O]."""
+    return (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
 
 
 class SynthesisLayer(nn.Module):
@@ -299,11 +330,18 @@ class SynthesisLayer(nn.Module):
         misc.assert_shape(x, [None, self.in_channels, in_res, in_res])
         styles = self.affine(w)
         noise = self._noise(x.shape[0], x.device, noise_mode)
+        act_gain, clamp = self.act_gain * gain, _scaled_clamp(self.conv_clamp, gain)
+        if not fused_modconv:
+            # Demodulation, noise, bias and activation in one pass (modulate.modulated_epilogue).
+            x, dcoefs = modulated_conv2d_parts(x, self.weight, styles, up=self.up, padding=self.padding,
+                                               resample_filter=self.resample_filter, flip_weight=(self.up == 1))
+            return modulate.modulated_epilogue(x, dcoefs.to(x.dtype), None if noise is None else noise.to(x.dtype),
+                                               self.bias.to(x.dtype), act=self.activation, gain=act_gain,
+                                               clamp=clamp)
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=(self.up == 1),
                              fused_modconv=fused_modconv)
-        return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain,
-                                 clamp=_scaled_clamp(self.conv_clamp, gain))
+        return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=clamp)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}, "

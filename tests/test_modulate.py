@@ -1,0 +1,112 @@
+"""torch_utils.ops.modulate: the CPU kernels against plain torch ops (float64), in both layouts."""
+
+import pytest
+import torch
+
+from torch_utils.custom_ops import cpu_build_available
+from torch_utils.ops import modulate
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Builds the plugin (or skips where no compiler exists) and records which kernels ran."""
+    ok, reason = cpu_build_available()
+    if not ok:
+        pytest.skip(f"no CPU plugin can be built here: {reason}")
+    module = modulate._plugin.get()
+    assert module is not None, modulate._plugin.failed_reason
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(module, name)
+            return lambda *args: calls.append(name) or fn(*args)
+    monkeypatch.setattr(modulate._plugin, "_module", Spy())
+    return calls
+
+
+def _tensors(shape, channels_last, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    x = torch.randn(shape, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return dict(x=x, s=torch.randn(n, c, generator=gen), d=torch.rand(n, c, generator=gen) + 0.5,
+                noise=torch.randn(n, 1, h, w, generator=gen), bias=torch.randn(c, generator=gen) * 0.1,
+                g=torch.randn(shape, generator=gen))
+
+
+SHAPES = [(2, 5, 7, 9), (3, 64, 16, 16), (1, 3, 40, 40)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scale_channels_and_its_gradients_match_torch(kernel_calls, shape, channels_last):
+    t = _tensors(shape, channels_last)
+    results = []
+    for dtype, impl in ((torch.float32, None), (torch.float64, "ref")):
+        x, s = (t[k].to(dtype).requires_grad_(True) for k in ("x", "s"))
+        y = modulate.scale_channels(x, s, impl=impl)
+        dx, ds = torch.autograd.grad(y, [x, s], t["g"].to(dtype), create_graph=True)
+        # Second order (a penalty on both gradients): dx depends on s and ds on x.
+        second = torch.autograd.grad(dx.square().sum() + ds.square().sum(), [x, s])
+        results.append([y, dx, ds, *second])
+    assert results[0][0].stride() == t["x"].stride()
+    for got, want in zip(*results):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+    assert {"scale_channels", "channel_dot"} <= set(kernel_calls)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("noise_kind", ["per_sample", "shared", "none"])
+@pytest.mark.parametrize("act,clamp", [("lrelu", 1.0), ("lrelu", None), ("linear", 0.5), ("relu", None)])
+def test_epilogue_matches_fma_then_bias_act(kernel_calls, shape, channels_last, noise_kind, act, clamp):
+    t = _tensors(shape, channels_last, seed=1)
+    noise = {"per_sample": t["noise"], "shared": t["noise"][0, 0], "none": None}[noise_kind]
+    results = []
+    for dtype, impl in ((torch.float32, None), (torch.float64, "ref")):
+        x, d, b = (t[k].to(dtype).requires_grad_(True) for k in ("x", "d", "bias"))
+        z = None if noise is None else noise.to(dtype).requires_grad_(True)
+        y = modulate.modulated_epilogue(x, d, z, b, act=act, gain=1.4, clamp=clamp, impl=impl)
+        inputs = [x, d, b] + ([z] if z is not None else [])
+        results.append([y, *torch.autograd.grad(y, inputs, t["g"].to(dtype))])
+    assert results[0][0].stride() == t["x"].stride()
+    for got, want in zip(*results):
+        scale = max(1.0, want.abs().max().item())  # summed gradients grow with the pixel count
+        torch.testing.assert_close(got.double() / scale, want / scale, rtol=1e-5, atol=1e-5)
+    assert kernel_calls == ["epilogue_forward", "epilogue_backward"]
+
+
+def test_kernels_are_bitwise_reproducible_across_thread_counts(kernel_calls):
+    t = _tensors((2, 32, 48, 48), True, seed=2)
+    before, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            x, s, d, z, b = (t[k].clone().requires_grad_(True) for k in ("x", "s", "d", "noise", "bias"))
+            y = modulate.modulated_epilogue(modulate.scale_channels(x, s), d, z, b, act="lrelu", gain=1.4, clamp=1.0)
+            results.append(torch.autograd.grad(y, [x, s, d, z, b], t["g"]))
+    finally:
+        torch.set_num_threads(before)
+    for grads in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[0]))
+
+
+def test_other_dtypes_and_devices_use_torch_ops(kernel_calls):
+    t = _tensors((1, 3, 4, 4), False)
+    y = modulate.modulated_epilogue(t["x"].double(), t["d"].double(), None, None, act="lrelu")
+    modulate.scale_channels(t["x"].double(), t["s"].double())
+    modulate.modulated_epilogue(t["x"], t["d"], None, None, act="tanh")  # not a piecewise-linear act
+    assert kernel_calls == [] and y.dtype == torch.float64
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: modulate.scale_channels(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4)), r"s must be \[N,C\]"),
+    (lambda: modulate.channel_dot(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 5)), "one shape"),
+    (lambda: modulate.modulated_epilogue(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3), torch.zeros(2, 3, 4, 4), None),
+     r"noise must be \[N or 1,1,H,W\]"),
+])
+def test_bad_shapes_are_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
