@@ -59,7 +59,8 @@ def test_cpu_plugins_can_be_switched_off(monkeypatch, tmp_path):
     monkeypatch.setenv("TRIPLANE3D_CPU_PLUGINS", "0")
     ok, reason = custom_ops.cpu_build_available()
     assert not ok and "TRIPLANE3D_CPU_PLUGINS=0" in reason
-    plugin = custom_ops.CpuPlugin("never_built_cpu_plugin", sources=["missing.cpp"], source_dir=tmp_path)
+    plugin = custom_ops.CpuPlugin("never_built_cpu_plugin", sources=["missing.cpp"], namespace="none",
+                                   source_dir=tmp_path)
     with pytest.warns(RuntimeWarning, match="CPU plugin 'never_built_cpu_plugin'"):
         assert plugin.get() is None
     assert "TRIPLANE3D_CPU_PLUGINS=0" in plugin.failed_reason
@@ -79,7 +80,7 @@ def test_cpu_plugin_build_dir_is_keyed_by_cpu_and_torch(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cpp_extension, "load", fake_load)
     (tmp_path / "k.cpp").write_text("// kernel\n")
-    plugin = custom_ops.CpuPlugin("keyed_plugin", sources=["k.cpp"], source_dir=tmp_path)
+    plugin = custom_ops.CpuPlugin("keyed_plugin", sources=["k.cpp"], namespace="keyed", source_dir=tmp_path)
     with pytest.warns(RuntimeWarning, match="stop here"):
         assert plugin.get() is None
     assert seen["build_directory"].endswith(custom_ops._cpu_tag())

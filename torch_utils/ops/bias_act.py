@@ -17,7 +17,8 @@ from typing import Callable, Optional
 import torch
 
 from dnnlib.util import EasyDict
-from torch_utils.custom_ops import CpuPlugin, CudaPlugin
+from torch_utils.custom_ops import CudaPlugin
+from torch_utils.ops import cpu_kernels
 
 __all__ = ["activation_funcs", "bias_act"]
 
@@ -70,7 +71,7 @@ def _make_table() -> dict[str, EasyDict]:
 activation_funcs: dict[str, EasyDict] = _make_table()
 
 _plugin = CudaPlugin("bias_act_plugin", sources=["bias_act.cpp", "bias_act.cu"], headers=["bias_act.h"])
-_cpu_plugin = CpuPlugin("bias_act_cpu_plugin", sources=["bias_act_cpu.cpp"])
+_cpu_plugin = cpu_kernels.plugin
 
 # Kernel modes; must match `bias_act::Mode` in bias_act.h.
 _FORWARD, _GRAD_FROM_X, _GRAD_FROM_Y, _GRAD2_FROM_X = 0, 1, 2, 3

@@ -13,8 +13,12 @@
 // walks memory linearly: blocks of stride(dim) elements share one bias (NCHW), or, when
 // stride(dim) == 1 (channels-last), every row of size(dim) elements holds the whole bias.
 
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -80,20 +84,20 @@ void grad_kernel(const float* g, const float* y, float* dx, int64_t n, const Act
 
 }  // namespace
 
-torch::Tensor bias_act_cpu(const torch::Tensor& x, const torch::Tensor& b, const torch::Tensor& y,
-                           const torch::Tensor& g, int64_t mode, int64_t act_index, int64_t dim,
+at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tensor& y,
+                           const at::Tensor& g, int64_t mode, int64_t act_index, int64_t dim,
                            double alpha, double gain, double clamp) {
     TORCH_CHECK(act_index >= 0 && act_index <= 2, "bias_act_cpu: act_index must be 0 (linear), 1 (relu) or 2 (lrelu)");
     TORCH_CHECK(gain > 0, "bias_act_cpu: gain must be positive, got ", gain);
     const Act a{static_cast<int>(act_index), static_cast<float>(alpha), static_cast<float>(gain),
                 static_cast<float>(clamp)};
     if (mode == 0) {
-        TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32, "bias_act_cpu: x must be a float32 CPU tensor");
+        TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "bias_act_cpu: x must be a float32 CPU tensor");
         TORCH_CHECK(x.is_non_overlapping_and_dense(), "bias_act_cpu: x must be dense (contiguous or channels-last)");
-        auto out = torch::empty_like(x);
+        auto out = at::empty_like(x);
         const bool has_b = b.numel() > 0;
         if (has_b) {
-            TORCH_CHECK(b.dim() == 1 && b.size(0) == x.size(dim) && b.scalar_type() == torch::kFloat32 && b.is_contiguous(),
+            TORCH_CHECK(b.dim() == 1 && b.size(0) == x.size(dim) && b.scalar_type() == at::kFloat && b.is_contiguous(),
                         "bias_act_cpu: b must be a contiguous float32 vector of x.size(dim) elements");
         }
         const int64_t C = has_b ? x.size(dim) : 1, inner = has_b ? x.stride(dim) : 1;
@@ -102,15 +106,15 @@ torch::Tensor bias_act_cpu(const torch::Tensor& x, const torch::Tensor& b, const
         return out;
     }
     TORCH_CHECK(mode == 2, "bias_act_cpu: mode must be 0 (forward) or 2 (gradient from y), got ", mode);
-    TORCH_CHECK(y.scalar_type() == torch::kFloat32 && g.scalar_type() == torch::kFloat32,
+    TORCH_CHECK(y.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat,
                 "bias_act_cpu: y and g must be float32");
     TORCH_CHECK(y.is_non_overlapping_and_dense() && g.strides() == y.strides() && g.sizes() == y.sizes(),
                 "bias_act_cpu: y must be dense and g must have y's sizes and strides");
-    auto dx = torch::empty_like(y);
+    auto dx = at::empty_like(y);
     grad_kernel(g.data_ptr<float>(), y.data_ptr<float>(), dx.data_ptr<float>(), y.numel(), a);
     return dx;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("bias_act_cpu", &bias_act_cpu, "fused bias + linear/relu/lrelu + gain + clamp and its gradient (CPU)");
+TORCH_LIBRARY_FRAGMENT(triplane3d_cpu, m) {
+    m.def("bias_act_cpu", &bias_act_cpu);  // fused bias + linear/relu/lrelu + gain + clamp and its gradient (CPU)
 }

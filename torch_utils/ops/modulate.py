@@ -24,13 +24,13 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from torch_utils.custom_ops import CpuPlugin
+from torch_utils.ops import cpu_kernels
 from torch_utils.ops import bias_act as bias_act_op
 from torch_utils.ops import fma
 
 __all__ = ["scale_channels", "channel_dot", "modulated_epilogue"]
 
-_plugin = CpuPlugin("modulate_cpu_plugin", sources=["modulate_cpu.cpp"])
+_plugin = cpu_kernels.plugin
 _EPILOGUE_ACTS = {"linear": 0, "relu": 1, "lrelu": 2}
 
 

@@ -15,8 +15,12 @@
 // block order at the end. Sums along the innermost loop use `omp simd reduction`, which lets
 // the compiler keep one partial sum per vector lane (a fixed order for a given binary).
 
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -36,8 +40,8 @@ struct Geometry {
     }
 };
 
-Geometry geometry_of(const torch::Tensor& x, const char* what) {
-    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32, "modulate_cpu: ", what,
+Geometry geometry_of(const at::Tensor& x, const char* what) {
+    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "modulate_cpu: ", what,
                 " must be a float32 CPU tensor");
     TORCH_CHECK(x.dim() == 4, "modulate_cpu: ", what, " must be [N,C,H,W], got ", x.sizes());
     const bool cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -45,13 +49,13 @@ Geometry geometry_of(const torch::Tensor& x, const char* what) {
     return {x.size(0), x.size(1), x.size(2) * x.size(3), cl};
 }
 
-void check_same(const torch::Tensor& t, const torch::Tensor& like, const char* what) {
-    TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.sizes() == like.sizes() && t.strides() == like.strides(),
+void check_same(const at::Tensor& t, const at::Tensor& like, const char* what) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.sizes() == like.sizes() && t.strides() == like.strides(),
                 "modulate_cpu: ", what, " must be float32 with x's sizes and strides");
 }
 
-void check_nc(const torch::Tensor& s, const Geometry& g, const char* what) {
-    TORCH_CHECK(s.scalar_type() == torch::kFloat32 && s.is_contiguous() && s.dim() == 2 && s.size(0) == g.N &&
+void check_nc(const at::Tensor& s, const Geometry& g, const char* what) {
+    TORCH_CHECK(s.scalar_type() == at::kFloat && s.is_contiguous() && s.dim() == 2 && s.size(0) == g.N &&
                 s.size(1) == g.C, "modulate_cpu: ", what, " must be a contiguous float32 [N,C] = [", g.N, ",", g.C,
                 "], got ", s.sizes());
 }
@@ -109,8 +113,8 @@ void for_blocks(const Geometry& g, F body) {
 }
 
 // partial[n][blk][c] -> out[n][c], summed in block order.
-torch::Tensor reduce_blocks(const std::vector<float>& partial, const Geometry& g, int64_t blocks) {
-    auto out = torch::zeros({g.N, g.C}, torch::kFloat32);
+at::Tensor reduce_blocks(const std::vector<float>& partial, const Geometry& g, int64_t blocks) {
+    auto out = at::zeros({g.N, g.C}, at::kFloat);
     float* o = out.data_ptr<float>();
     for (int64_t n = 0; n < g.N; ++n)
         for (int64_t b = 0; b < blocks; ++b)
@@ -120,10 +124,10 @@ torch::Tensor reduce_blocks(const std::vector<float>& partial, const Geometry& g
 
 }  // namespace
 
-torch::Tensor scale_channels(const torch::Tensor& x, const torch::Tensor& s) {
+at::Tensor scale_channels(const at::Tensor& x, const at::Tensor& s) {
     const Geometry g = geometry_of(x, "x");
     check_nc(s, g, "s");
-    auto y = torch::empty_like(x);
+    auto y = at::empty_like(x);
     const float* xp = x.data_ptr<float>();
     const float* sp = s.data_ptr<float>();
     float* yp = y.data_ptr<float>();
@@ -146,7 +150,7 @@ torch::Tensor scale_channels(const torch::Tensor& x, const torch::Tensor& s) {
     return y;
 }
 
-torch::Tensor channel_dot(const torch::Tensor& a, const torch::Tensor& b) {
+at::Tensor channel_dot(const at::Tensor& a, const at::Tensor& b) {
     const Geometry g = geometry_of(a, "a");
     check_same(b, a, "b");
     const int64_t blocks = (g.P + kBlock - 1) / kBlock;
@@ -175,17 +179,17 @@ torch::Tensor channel_dot(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 // noise: [N,P] contiguous or empty; bias: [C] or empty.
-torch::Tensor epilogue_forward(const torch::Tensor& x, const torch::Tensor& d, const torch::Tensor& noise,
-                               const torch::Tensor& bias, int64_t act, double alpha, double gain, double clamp) {
+at::Tensor epilogue_forward(const at::Tensor& x, const at::Tensor& d, const at::Tensor& noise,
+                               const at::Tensor& bias, int64_t act, double alpha, double gain, double clamp) {
     const Geometry g = geometry_of(x, "x");
     check_nc(d, g, "d");
     const bool has_noise = noise.numel() > 0, has_bias = bias.numel() > 0;
-    TORCH_CHECK(!has_noise || (noise.is_contiguous() && noise.numel() == g.N * g.P && noise.scalar_type() == torch::kFloat32),
+    TORCH_CHECK(!has_noise || (noise.is_contiguous() && noise.numel() == g.N * g.P && noise.scalar_type() == at::kFloat),
                 "modulate_cpu: noise must be a contiguous float32 [N,H,W]");
-    TORCH_CHECK(!has_bias || (bias.is_contiguous() && bias.numel() == g.C && bias.scalar_type() == torch::kFloat32),
+    TORCH_CHECK(!has_bias || (bias.is_contiguous() && bias.numel() == g.C && bias.scalar_type() == at::kFloat),
                 "modulate_cpu: bias must be a contiguous float32 [C]");
     const ActParams a = act_params(alpha, gain, clamp);
-    auto y = torch::empty_like(x);
+    auto y = at::empty_like(x);
     const std::vector<float> zeros(static_cast<size_t>(std::max(g.C, g.P)), 0.f);  // stands for absent bias / noise
     const float* xp = x.data_ptr<float>();
     const float* dp = d.data_ptr<float>();
@@ -219,8 +223,8 @@ torch::Tensor epilogue_forward(const torch::Tensor& x, const torch::Tensor& d, c
 }
 
 // Returns (dx, dd [N,C], dbias [C], dnoise [N,P]).
-std::vector<torch::Tensor> epilogue_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& y,
-                                             const torch::Tensor& d, int64_t act, double alpha, double gain,
+std::vector<at::Tensor> epilogue_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
+                                             const at::Tensor& d, int64_t act, double alpha, double gain,
                                              double clamp) {
     const Geometry g = geometry_of(x, "x");
     check_same(y, x, "y");
@@ -228,8 +232,8 @@ std::vector<torch::Tensor> epilogue_backward(const torch::Tensor& grad, const to
     check_nc(d, g, "d");
     const ActParams a = act_params(alpha, gain, clamp);
     const int64_t blocks = (g.P + kBlock - 1) / kBlock;
-    auto dx = torch::empty_like(x);
-    auto dnoise = torch::empty({g.N, g.P}, x.options().memory_format(at::MemoryFormat::Contiguous));
+    auto dx = at::empty_like(x);
+    auto dnoise = at::empty({g.N, g.P}, x.options().memory_format(at::MemoryFormat::Contiguous));
     std::vector<float> part_d(static_cast<size_t>(g.N * blocks * g.C), 0.f);
     std::vector<float> part_b(static_cast<size_t>(g.N * blocks * g.C), 0.f);
     const float* gp = grad.data_ptr<float>();
@@ -288,9 +292,9 @@ std::vector<torch::Tensor> epilogue_backward(const torch::Tensor& grad, const to
     return {dx, dd, db, dnoise};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("scale_channels", &scale_channels, "y = x * s[n,c] (CPU)");
-    m.def("channel_dot", &channel_dot, "sum over pixels of a * b per sample and channel (CPU)");
-    m.def("epilogue_forward", &epilogue_forward, "act((x * d + noise + bias) * gain), clamped (CPU)");
-    m.def("epilogue_backward", &epilogue_backward, "gradients of epilogue_forward (CPU)");
+TORCH_LIBRARY_FRAGMENT(triplane3d_cpu, m) {
+    m.def("scale_channels", &scale_channels);  // y = x * s[n,c] (CPU)
+    m.def("channel_dot", &channel_dot);  // sum over pixels of a * b per sample and channel (CPU)
+    m.def("epilogue_forward", &epilogue_forward);  // act((x * d + noise + bias) * gain), clamped (CPU)
+    m.def("epilogue_backward", &epilogue_backward);  // gradients of epilogue_forward (CPU)
 }

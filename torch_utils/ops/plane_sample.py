@@ -24,12 +24,12 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from torch_utils.custom_ops import CpuPlugin
+from torch_utils.ops import cpu_kernels
 from torch_utils.ops import grid_sample_gradfix
 
 __all__ = ["sample_mean", "sample_mean_ref"]
 
-_plugin = CpuPlugin("plane_sample_cpu_plugin", sources=["plane_sample_cpu.cpp"])
+_plugin = cpu_kernels.plugin
 
 
 def sample_mean(planes: torch.Tensor, grid: torch.Tensor, impl: Optional[str] = None) -> torch.Tensor:

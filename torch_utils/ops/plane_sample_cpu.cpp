@@ -15,8 +15,12 @@
 //    corners on those rows. No atomics, and every buffer cell receives its contributions in
 //    point order whatever T is, so the result is bitwise reproducible across thread counts.
 
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
@@ -65,9 +69,9 @@ void from_channels_last(const float* buf, int64_t C, int64_t H, int64_t W,
     });
 }
 
-void check(const torch::Tensor& planes, const torch::Tensor& grid) {
+void check(const at::Tensor& planes, const at::Tensor& grid) {
     TORCH_CHECK(planes.device().is_cpu() && grid.device().is_cpu(), "plane_sample_cpu: planes and grid must be CPU tensors");
-    TORCH_CHECK(planes.scalar_type() == torch::kFloat32 && grid.scalar_type() == torch::kFloat32,
+    TORCH_CHECK(planes.scalar_type() == at::kFloat && grid.scalar_type() == at::kFloat,
                 "plane_sample_cpu: planes and grid must be float32");
     TORCH_CHECK(planes.dim() == 5, "plane_sample_cpu: planes must be [B,P,C,H,W], got ", planes.sizes());
     TORCH_CHECK(grid.dim() == 4 && grid.size(3) == 2 && grid.size(0) == planes.size(0) && grid.size(1) == planes.size(1),
@@ -79,11 +83,11 @@ void check(const torch::Tensor& planes, const torch::Tensor& grid) {
 }  // namespace
 
 // planes [B,P,C,H,W] (any strides), grid [B,P,M,2] contiguous -> [B,M,C]: mean over p of samples.
-torch::Tensor sample_mean_forward(const torch::Tensor& planes, const torch::Tensor& grid) {
+at::Tensor sample_mean_forward(const at::Tensor& planes, const at::Tensor& grid) {
     check(planes, grid);
     const int64_t B = planes.size(0), P = planes.size(1), C = planes.size(2), H = planes.size(3), W = planes.size(4);
     const int64_t M = grid.size(2);
-    auto out = torch::zeros({B, M, C}, planes.options());
+    auto out = at::zeros({B, M, C}, planes.options());
     std::vector<float> buf(static_cast<size_t>(H * W * C));
     const float* pl = planes.data_ptr<float>();
     const float* gr = grid.data_ptr<float>();
@@ -118,14 +122,14 @@ torch::Tensor sample_mean_forward(const torch::Tensor& planes, const torch::Tens
 }
 
 // grad_out [B,M,C] -> grad of planes, with the strides of `planes` (whose values are not read).
-torch::Tensor sample_mean_backward(const torch::Tensor& grad_out, const torch::Tensor& planes, const torch::Tensor& grid) {
+at::Tensor sample_mean_backward(const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& grid) {
     check(planes, grid);
     const int64_t B = planes.size(0), P = planes.size(1), C = planes.size(2), H = planes.size(3), W = planes.size(4);
     const int64_t M = grid.size(2);
     TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == B && grad_out.size(1) == M && grad_out.size(2) == C,
                 "plane_sample_cpu: grad_out must be [B,M,C] = [", B, ",", M, ",", C, "], got ", grad_out.sizes());
-    const auto go_c = grad_out.to(torch::kFloat32).contiguous();
-    auto grad = torch::empty_like(planes);
+    const auto go_c = grad_out.to(at::kFloat).contiguous();
+    auto grad = at::empty_like(planes);
     std::vector<float> buf(static_cast<size_t>(H * W * C));
     const float* gr = grid.data_ptr<float>();
     const float* go = go_c.data_ptr<float>();
@@ -162,7 +166,7 @@ torch::Tensor sample_mean_backward(const torch::Tensor& grad_out, const torch::T
     return grad;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("sample_mean_forward", &sample_mean_forward, "mean over planes of bilinear plane samples (CPU)");
-    m.def("sample_mean_backward", &sample_mean_backward, "gradient of sample_mean_forward w.r.t. the planes (CPU)");
+TORCH_LIBRARY_FRAGMENT(triplane3d_cpu, m) {
+    m.def("sample_mean_forward", &sample_mean_forward);  // mean over planes of bilinear plane samples (CPU)
+    m.def("sample_mean_backward", &sample_mean_backward);  // gradient of sample_mean_forward w.r.t. the planes (CPU)
 }
