@@ -5,6 +5,7 @@
     python bench/step.py --cfg eg3d-small --malloc tuned --traffic   # + bytes allocated per step
     python bench/step.py --cfg eg3d-small --device cpu --batch 8 --classes 100
     python bench/step.py --cfg eg3d-small --device cpu --compare --malloc tuned   # layout x reuse
+    python bench/step.py --cfg eg3d-small --device cpu --compare-kernels --malloc tuned   # kernels x reuse
     python bench/step.py --cfg demo --resolution 64 --classes 4 --device cpu --compare --malloc tuned
 
 The networks are built from the config's `G:` and `D:` sections with `c_dim = --classes` and
@@ -39,6 +40,9 @@ What is timed (medians over --repeats after --warmup untimed runs):
 * --compare (CPU): the G+D step of the four variants {NCHW, channels-last activations} x
   {fakes regenerated, reused}, interleaved run by run so that they share the machine's load,
   with each one's speed-up over NCHW + regenerated (the code before either change).
+* --compare-kernels (CPU): the same for {PyTorch ops, compiled CPU kernels} x {regenerated,
+  reused}: the kernels of torch_utils/ops/cpu_kernels.py (tri-plane sampler, modulation,
+  bias_act) against the PyTorch paths they replace.
 * Peak memory: CPU, the peak resident set size seen during the timed runs minus the RSS
   before them (sampled every 2 ms by a thread; psutil), plus ru_maxrss; GPU,
   torch.cuda.max_memory_allocated over the timed runs.
@@ -65,6 +69,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch_utils.misc import cpu_channels_last, tune_cpu_allocator  # noqa: E402
+from torch_utils.ops import cpu_kernels  # noqa: E402
+from torch_utils.ops.cpu_kernels import kernels_enabled  # noqa: E402
 from training.discriminator import Discriminator  # noqa: E402
 from training.options import load_config, to_plain  # noqa: E402
 from training.triplane import TriPlaneGenerator  # noqa: E402
@@ -207,6 +213,26 @@ def compare_variants(G, D, inputs, batch: int, repeats: int, warmup: int) -> Non
         print(f"  {name:36s} {_fmt(times)}  {batch / step:6.2f} images/s  x{base / step:.2f}")
 
 
+def compare_kernels(G, D, inputs, batch: int, repeats: int, warmup: int) -> None:
+    """Interleaved G+D steps of {PyTorch ops, compiled CPU kernels} x {regenerated, reused fakes}."""
+    if cpu_kernels.plugin.get() is None:
+        print(f"  --compare-kernels: the CPU kernels are not available ({cpu_kernels.plugin.failed_reason})")
+        return
+    variants = {(k, reuse): [] for k in (False, True) for reuse in (False, True)}
+    for run in range(warmup + repeats):
+        for (k, reuse), times in variants.items():
+            with kernels_enabled(k):
+                start = time.perf_counter()
+                gd_step(G, D, inputs, reuse)
+                if run >= warmup:
+                    times.append(time.perf_counter() - start)
+    base = statistics.median(variants[(False, False)])
+    for (k, reuse), times in variants.items():
+        name = f"{'C++ kernels' if k else 'PyTorch ops'}, fakes {'reused' if reuse else 'regenerated'}"
+        step = statistics.median(times)
+        print(f"  {name:36s} {_fmt(times)}  {batch / step:6.2f} images/s  x{base / step:.2f}")
+
+
 def bench_device(args, device: torch.device) -> None:
     G, D, opts = build_networks(args.cfg, args.classes, device, args.resolution)
     batch = args.batch or int(opts.batch)
@@ -216,11 +242,14 @@ def bench_device(args, device: torch.device) -> None:
     print(f"[{device}] cfg {args.cfg}: batch {batch}, img {G.img_res}, neural {G.neural_res}, "
           f"tri-plane {G.triplane_res}x{G.triplane_channels}, samples {G.renderer.num_coarse}+{G.renderer.num_fine}, "
           f"G {n_g / 1e6:.2f}M params, D {n_d / 1e6:.2f}M params, classes {args.classes}", flush=True)
-    if args.compare:
+    if args.compare or args.compare_kernels:
         if device.type != "cpu":
-            print("  --compare: CPU only (the layout policy is a CPU setting)")
+            print("  --compare / --compare-kernels: CPU only (CPU layout policy and kernels)")
             return
-        compare_variants(G, D, inputs, batch, args.repeats, args.warmup)
+        if args.compare:
+            compare_variants(G, D, inputs, batch, args.repeats, args.warmup)
+        if args.compare_kernels:
+            compare_kernels(G, D, inputs, batch, args.repeats, args.warmup)
         return
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -260,6 +289,8 @@ def main() -> None:
                         help="D_main scores the detached G_main fakes instead of regenerating them")
     parser.add_argument("--compare", action="store_true",
                         help="interleave NCHW / channels-last x regenerated / reused fakes (CPU) and print speed-ups")
+    parser.add_argument("--compare-kernels", action="store_true",
+                        help="interleave PyTorch ops / compiled CPU kernels x regenerated / reused fakes (CPU)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="image resolution (default: the config's 'resolution' key, else 128; the demo's data is 64)")
     args = parser.parse_args()

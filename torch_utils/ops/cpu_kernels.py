@@ -7,9 +7,23 @@ or None (one warning) where no compiler is available, and the ops then use their
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from torch_utils.custom_ops import CpuPlugin
 
-__all__ = ["plugin"]
+__all__ = ["plugin", "kernels_enabled"]
 
 plugin = CpuPlugin("triplane3d_cpu_ops", sources=["bias_act_cpu.cpp", "modulate_cpu.cpp", "plane_sample_cpu.cpp"],
                    namespace="triplane3d_cpu")
+
+
+@contextlib.contextmanager
+def kernels_enabled(enabled: bool) -> Iterator[None]:
+    """Within the block, the CPU ops use (True) or skip (False) the compiled kernels."""
+    before = plugin.enabled
+    plugin.enabled = enabled
+    try:
+        yield
+    finally:
+        plugin.enabled = before
