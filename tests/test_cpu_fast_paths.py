@@ -9,7 +9,7 @@ from torch_utils.ops import upfirdn2d as ufd
 from torch_utils.ops.bias_act import bias_act
 
 UFD_CASES = list(itertools.product([(1, 1), (2, 2), (3, 1)], [(1, 1), (2, 2), (1, 3)], [(4,), (3,), (6,), (2, 3)],
-                                   [False, True], [(0, 0, 0, 0), (-1, 2, 3, -2), (2, 1, 1, 2), (1, 3, 4, 0)]))
+                                   [False, True], [(0, 0, 0, 0), (-1, 2, 3, -2), (2, 1, 1, 2), (1, 3, 4, 0), (1, 2, 0, 1)]))
 
 
 @pytest.mark.parametrize("up,down,fshape,flip,pad", UFD_CASES)

@@ -329,11 +329,21 @@ def _shifted_sum(x: torch.Tensor, h: Sequence[float], taps, starts, dim: int, le
     return out
 
 
-def _conv_padding(pad0: int, pad1: int, stride: int) -> Optional[Tuple[int, int]]:
+def _conv_padding(pad0: int, pad1: int, stride: int, size: int, taps: int) -> Optional[Tuple[int, int]]:
     """(symmetric conv padding, leading outputs to skip) equal to padding (pad0, pad1) before a
-    conv with `stride`, or None where there is none (a crop, or a misaligned extra front pad)."""
+    conv with `stride` over `size` samples, or None where there is none (a crop, or a
+    misaligned extra front pad).
+
+    Two candidates: max(pad0, pad1) on both sides, skipping the outputs that the extra front
+    padding adds (needs that extra to be a multiple of the stride); or, when pad1 > pad0,
+    pad0 on both sides, enough when the wanted outputs never read past the first pad1 - pad0
+    zeros of the end (then the conv makes at least as many outputs, starting at the same place).
+    """
     if pad0 < 0 or pad1 < 0:
         return None
+    wanted = (size + pad0 + pad1 - taps) // stride + 1
+    if pad1 > pad0 and (size + 2 * pad0 - taps) // stride + 1 >= wanted:
+        return pad0, 0
     pad = max(pad0, pad1)
     extra_front = pad - pad0
     if extra_front % stride:
@@ -356,7 +366,8 @@ def _depthwise_kernel(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torc
         w = f if geom.flip else f.flip([0, 1])  # conv2d correlates; flipped, it convolves
         w = w[None, None].expand(c, 1, fh, fw)
         stride = (geom.downy, geom.downx)
-        pads = (_conv_padding(geom.py0, geom.py1, geom.downy), _conv_padding(geom.px0, geom.px1, geom.downx))
+        pads = (_conv_padding(geom.py0, geom.py1, geom.downy, x.shape[2], fh),
+                _conv_padding(geom.px0, geom.px1, geom.downx, x.shape[3], fw))
         if None in pads:
             x = _pad_or_crop(x, geom.px0, geom.px1, geom.py0, geom.py1)
             return F.conv2d(x, w, stride=stride, groups=c)
@@ -370,9 +381,17 @@ def _depthwise_kernel(x: torch.Tensor, f: torch.Tensor, geom: _Geometry) -> torc
     if geom.downx != 1 or geom.downy != 1:
         return _upfirdn2d_ref(x, f, geom)  # not used by the networks
     w = f.flip([0, 1]) if geom.flip else f  # conv_transpose2d convolves; flipped, it correlates
-    full = F.conv_transpose2d(x, w[None, None].expand(c, 1, fh, fw), stride=(geom.upy, geom.upx), groups=c)
+    w = w[None, None].expand(c, 1, fh, fw)
     out_h, out_w = geom.out_size(x.shape[2], x.shape[3], fh, fw)
     start_y, start_x = fh - 1 - geom.py0, fw - 1 - geom.px0
+    full_h, full_w = (x.shape[2] - 1) * geom.upy + fh, (x.shape[3] - 1) * geom.upx + fw
+    end_y, end_x = full_h - start_y - out_h, full_w - start_x - out_w
+    if 0 <= start_y - end_y < geom.upy and 0 <= start_x - end_x < geom.upx and end_y >= 0 and end_x >= 0:
+        # The crop of the full output is conv_transpose2d's own padding (start rows off both
+        # ends, output_padding rows given back at the end): no cropped copy.
+        return F.conv_transpose2d(x, w, stride=(geom.upy, geom.upx), padding=(start_y, start_x),
+                                  output_padding=(start_y - end_y, start_x - end_x), groups=c)
+    full = F.conv_transpose2d(x, w, stride=(geom.upy, geom.upx), groups=c)
     return _pad_or_crop(full, -start_x, out_w - full.shape[3] + start_x, -start_y, out_h - full.shape[2] + start_y)
 
 
