@@ -54,13 +54,14 @@ of two runs are comparable only at equal load, shown by `uptime` at the top).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import statistics
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
 import psutil
 import torch
@@ -196,21 +197,29 @@ def _fmt(times: List[float]) -> str:
     return f"{statistics.median(times):8.3f} s (min {min(times):.3f}, max {max(times):.3f})"
 
 
-def compare_variants(G, D, inputs, batch: int, repeats: int, warmup: int) -> None:
-    """Interleaved G+D steps of {NCHW, channels-last} x {regenerated, reused fakes} (CPU)."""
-    variants = {(cl, reuse): [] for cl in (False, True) for reuse in (False, True)}
+def _interleave(G, D, inputs, batch: int, repeats: int, warmup: int,
+                variants: Dict[str, Tuple[Callable[[], ContextManager], bool]]) -> None:
+    """G+D steps of each variant (a context to run in, fakes reused or not), interleaved run by run
+    so that they share the machine's load; speed-ups over the first variant."""
+    times: Dict[str, List[float]] = {name: [] for name in variants}
     for run in range(warmup + repeats):
-        for (cl, reuse), times in variants.items():
-            with cpu_channels_last(cl):
+        for name, (context, reuse) in variants.items():
+            with context():
                 start = time.perf_counter()
                 gd_step(G, D, inputs, reuse)
                 if run >= warmup:
-                    times.append(time.perf_counter() - start)
-    base = statistics.median(variants[(False, False)])
-    for (cl, reuse), times in variants.items():
-        name = f"{'channels-last' if cl else 'NCHW'}, fakes {'reused' if reuse else 'regenerated'}"
-        step = statistics.median(times)
-        print(f"  {name:36s} {_fmt(times)}  {batch / step:6.2f} images/s  x{base / step:.2f}")
+                    times[name].append(time.perf_counter() - start)
+    base = statistics.median(next(iter(times.values())))
+    for name, ts in times.items():
+        step = statistics.median(ts)
+        print(f"  {name:36s} {_fmt(ts)}  {batch / step:6.2f} images/s  x{base / step:.2f}")
+
+
+def compare_variants(G, D, inputs, batch: int, repeats: int, warmup: int) -> None:
+    """Interleaved G+D steps of {NCHW, channels-last} x {regenerated, reused fakes} (CPU)."""
+    variants = {f"{'channels-last' if cl else 'NCHW'}, fakes {'reused' if reuse else 'regenerated'}":
+                (functools.partial(cpu_channels_last, cl), reuse) for cl in (False, True) for reuse in (False, True)}
+    _interleave(G, D, inputs, batch, repeats, warmup, variants)
 
 
 def compare_kernels(G, D, inputs, batch: int, repeats: int, warmup: int) -> None:
@@ -218,19 +227,9 @@ def compare_kernels(G, D, inputs, batch: int, repeats: int, warmup: int) -> None
     if cpu_kernels.plugin.get() is None:
         print(f"  --compare-kernels: the CPU kernels are not available ({cpu_kernels.plugin.failed_reason})")
         return
-    variants = {(k, reuse): [] for k in (False, True) for reuse in (False, True)}
-    for run in range(warmup + repeats):
-        for (k, reuse), times in variants.items():
-            with kernels_enabled(k):
-                start = time.perf_counter()
-                gd_step(G, D, inputs, reuse)
-                if run >= warmup:
-                    times.append(time.perf_counter() - start)
-    base = statistics.median(variants[(False, False)])
-    for (k, reuse), times in variants.items():
-        name = f"{'C++ kernels' if k else 'PyTorch ops'}, fakes {'reused' if reuse else 'regenerated'}"
-        step = statistics.median(times)
-        print(f"  {name:36s} {_fmt(times)}  {batch / step:6.2f} images/s  x{base / step:.2f}")
+    variants = {f"{'C++ kernels' if k else 'PyTorch ops'}, fakes {'reused' if reuse else 'regenerated'}":
+                (functools.partial(kernels_enabled, k), reuse) for k in (False, True) for reuse in (False, True)}
+    _interleave(G, D, inputs, batch, repeats, warmup, variants)
 
 
 def bench_device(args, device: torch.device) -> None:

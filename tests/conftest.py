@@ -19,3 +19,20 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def cpu_kernels_module():
+    """The compiled CPU kernels (torch.ops.triplane3d_cpu); skipped where no C++ compiler exists.
+
+    Where one exists the library must build: a build failure fails the test, it is not skipped.
+    """
+    from torch_utils.custom_ops import cpu_build_available
+    from torch_utils.ops import cpu_kernels
+
+    ok, reason = cpu_build_available()
+    if not ok:
+        pytest.skip(f"no CPU plugin can be built here: {reason}")
+    module = cpu_kernels.plugin.get()
+    assert module is not None, cpu_kernels.plugin.failed_reason
+    return module

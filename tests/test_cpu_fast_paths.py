@@ -72,16 +72,11 @@ BIAS_ACT_LAYOUTS = {
 @pytest.mark.parametrize("layout", list(BIAS_ACT_LAYOUTS))
 @pytest.mark.parametrize("act,clamp,gain", [("lrelu", None, None), ("lrelu", 0.7, None), ("relu", 0.9, 1.3),
                                             ("linear", 0.8, 2.0)])
-def test_bias_act_cpu_kernel_matches_ref(monkeypatch, layout, act, clamp, gain):
+def test_bias_act_cpu_kernel_matches_ref(monkeypatch, cpu_kernels_module, layout, act, clamp, gain):
     """Value, x and b gradients, and the R1-style second derivative (through d/d dy) against float64."""
-    from torch_utils.custom_ops import cpu_build_available
     from torch_utils.ops import bias_act as ba
 
-    ok, reason = cpu_build_available()
-    if not ok:
-        pytest.skip(f"no CPU plugin can be built here: {reason}")
-    module = ba._cpu_plugin.get()
-    assert module is not None, ba._cpu_plugin.failed_reason
+    module = cpu_kernels_module
     calls = []
     monkeypatch.setattr(ba._cpu_plugin, "_module",
                         type("Spy", (), {"bias_act_cpu": staticmethod(lambda *a: calls.append(a[4]) or

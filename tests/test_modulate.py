@@ -3,18 +3,13 @@
 import pytest
 import torch
 
-from torch_utils.custom_ops import cpu_build_available
 from torch_utils.ops import modulate
 
 
 @pytest.fixture
-def kernel_calls(monkeypatch):
-    """Builds the plugin (or skips where no compiler exists) and records which kernels ran."""
-    ok, reason = cpu_build_available()
-    if not ok:
-        pytest.skip(f"no CPU plugin can be built here: {reason}")
-    module = modulate._plugin.get()
-    assert module is not None, modulate._plugin.failed_reason
+def kernel_calls(monkeypatch, cpu_kernels_module):
+    """Records which kernels ran."""
+    module = cpu_kernels_module
     calls = []
 
     class Spy:
@@ -110,3 +105,18 @@ def test_other_dtypes_and_devices_use_torch_ops(kernel_calls):
 def test_bad_shapes_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_backward_after_switching_the_kernels_off(kernel_calls):
+    """A graph built with the kernels still differentiates after kernels_enabled(False)."""
+    from torch_utils.ops.cpu_kernels import kernels_enabled
+
+    t = _tensors((2, 4, 5, 5), True, seed=3)
+    x, s, d = (t[k].clone().requires_grad_(True) for k in ("x", "s", "d"))
+    y = modulate.modulated_epilogue(modulate.scale_channels(x, s), d, t["noise"], t["bias"], act="lrelu")
+    with kernels_enabled(False):
+        grads = torch.autograd.grad(y, [x, s, d], t["g"])
+    ref = modulate.modulated_epilogue(modulate.scale_channels(x, s, impl="ref"), d, t["noise"], t["bias"],
+                                      act="lrelu", impl="ref")
+    for got, want in zip(grads, torch.autograd.grad(ref, [x, s, d], t["g"])):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

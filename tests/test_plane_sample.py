@@ -3,18 +3,12 @@
 import pytest
 import torch
 
-from torch_utils.custom_ops import cpu_build_available
 from torch_utils.ops import plane_sample
 
 
 @pytest.fixture
-def kernel_module():
-    ok, reason = cpu_build_available()
-    if not ok:
-        pytest.skip(f"no CPU plugin can be built here: {reason}")
-    module = plane_sample._plugin.get()
-    assert module is not None, plane_sample._plugin.failed_reason
-    return module
+def kernel_module(cpu_kernels_module):
+    return cpu_kernels_module
 
 
 class _Spy:

@@ -144,6 +144,17 @@ class _Plugin:
     def _build(self) -> ModuleType:
         raise NotImplementedError
 
+    def _load(self, tag: str, **kwargs):
+        """cpp_extension.load of the sources into the cache directory keyed by their hash and `tag`."""
+        from torch.utils import cpp_extension
+
+        key = _hash_files(self.sources + self.headers)
+        build_dir = plugin_cache_dir() / f"{self.name}-{key}-{tag}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(name=self.name, sources=[str(s) for s in self.sources],
+                                  extra_include_paths=[str(self.source_dir)], build_directory=str(build_dir),
+                                  verbose=_VERBOSE, **kwargs)
+
 
 class CpuPlugin(_Plugin):
     """One lazily built C++ CPU library of torch operators (OpenMP threads through ATen's parallel_for).
@@ -171,21 +182,8 @@ class CpuPlugin(_Plugin):
         ok, reason = cpu_build_available()
         if not ok:
             raise RuntimeError(reason)
-        from torch.utils import cpp_extension
-
-        key = _hash_files(self.sources + self.headers)
-        build_dir = plugin_cache_dir() / f"{self.name}-{key}-{_cpu_tag()}"
-        build_dir.mkdir(parents=True, exist_ok=True)
-        cpp_extension.load(
-            name=self.name,
-            sources=[str(s) for s in self.sources],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            extra_include_paths=[str(self.source_dir)],
-            build_directory=str(build_dir),
-            is_python_module=False,
-            verbose=_VERBOSE,
-        )
+        self._load(_cpu_tag(), extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                   is_python_module=False)
         return getattr(torch.ops, self.namespace)
 
 
@@ -217,21 +215,9 @@ class CudaPlugin(_Plugin):
         ok, reason = cuda_build_available()
         if not ok:
             raise RuntimeError(reason)
-        from torch.utils import cpp_extension
-
-        key = _hash_files(self.sources + self.headers)
-        build_dir = plugin_cache_dir() / f"{self.name}-{key}-{_gpu_tag()}"
-        build_dir.mkdir(parents=True, exist_ok=True)
         # Compile for this GPU only: fast builds, and the cache key says which GPU it was.
         major, minor = torch.cuda.get_device_capability()
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
-        module = cpp_extension.load(
-            name=self.name,
-            sources=[str(s) for s in self.sources],
-            extra_cuda_cflags=self.extra_cuda_cflags,
-            extra_include_paths=[str(self.source_dir)],
-            build_directory=str(build_dir),
-            verbose=_VERBOSE,
-        )
+        module = self._load(_gpu_tag(), extra_cuda_cflags=self.extra_cuda_cflags)
         sys.modules.setdefault(self.name, module)
         return module

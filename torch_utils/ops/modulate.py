@@ -142,8 +142,9 @@ class _Epilogue(torch.autograd.Function):
         n, _, h, w = x.shape
         empty = x.new_empty([0])
         noise_np = empty if noise is None else noise.reshape(-1, h * w).expand(n, h * w).contiguous()
-        y = _plugin.get().epilogue_forward(x, d.contiguous(), noise_np, empty if bias is None else bias.contiguous(),
-                                           act, alpha, gain, clamp)
+        ctx.module = _plugin.get()  # kept: the backward must not depend on the switch's later state
+        y = ctx.module.epilogue_forward(x, d.contiguous(), noise_np, empty if bias is None else bias.contiguous(),
+                                        act, alpha, gain, clamp)
         ctx.cfg = cfg
         ctx.noise_shape = None if noise is None else noise.shape
         ctx.bias_none = bias is None
@@ -155,8 +156,8 @@ class _Epilogue(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         x, d, y = ctx.saved_tensors
         act, alpha, gain, clamp = ctx.cfg
-        dx, dd, db, dnoise = _plugin.get().epilogue_backward(_like(grad, x), x, y, d.contiguous(), act, alpha,
-                                                             gain, clamp)
+        dx, dd, db, dnoise = ctx.module.epilogue_backward(_like(grad, x), x, y, d.contiguous(), act, alpha,
+                                                          gain, clamp)
         if ctx.bias_none:
             db = None
         if ctx.noise_shape is None:
