@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from dnnlib.util import EasyDict
+from torch_utils import misc
 from torch_utils.custom_ops import CudaPlugin
 from torch_utils.ops import cpu_kernels
 
@@ -234,7 +235,7 @@ class _CudaConfig:
     def launch(self, mode: int, x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         lay = y if mode == _GRAD_FROM_Y else x
         stream = torch.cuda.current_stream(lay.device).cuda_stream if lay.is_cuda else 0
-        return self.kernel(x, b, y, _same_layout(g, lay), mode, self.act_index, self.dim,
+        return self.kernel(x, b, y, misc.same_strides(g, lay), mode, self.act_index, self.dim,
                            self.alpha, self.gain, self.clamp, stream)
 
 
@@ -243,13 +244,6 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     if t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last)):
         return t
     return t.contiguous()
-
-
-def _same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """t with exactly the strides of `like` (the kernel indexes all element tensors alike)."""
-    if t.numel() == 0 or t.stride() == like.stride():
-        return t
-    return torch.empty_like(like).copy_(t)
 
 
 def _sum_except(t: torch.Tensor, dim: int) -> torch.Tensor:

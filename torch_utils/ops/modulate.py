@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
+from torch_utils import misc
 from torch_utils.ops import cpu_kernels
 from torch_utils.ops import bias_act as bias_act_op
 from torch_utils.ops import fma
@@ -50,11 +51,6 @@ def _module_for(*tensors: torch.Tensor):
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return None
     return _plugin.get()
-
-
-def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """t with ref's memory layout (the kernels index all element tensors alike)."""
-    return t if t.stride() == ref.stride() else torch.empty_like(ref).copy_(t)
 
 
 def _check_nc(x: torch.Tensor, s: torch.Tensor, name: str) -> None:
@@ -91,7 +87,7 @@ class _ScaleChannels(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         x, s = ctx.saved_tensors
         dx = scale_channels(grad, s) if ctx.needs_input_grad[0] else None
-        ds = channel_dot(_like(grad, x), x) if ctx.needs_input_grad[1] else None
+        ds = channel_dot(misc.same_strides(grad, x), x) if ctx.needs_input_grad[1] else None
         return dx, ds
 
 
@@ -99,7 +95,7 @@ class _ChannelDot(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(a, b)
-        return _plugin.get().channel_dot(a, _like(b, a))
+        return _plugin.get().channel_dot(a, misc.same_strides(b, a))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
@@ -156,7 +152,7 @@ class _Epilogue(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         x, d, y = ctx.saved_tensors
         act, alpha, gain, clamp = ctx.cfg
-        dx, dd, db, dnoise = ctx.module.epilogue_backward(_like(grad, x), x, y, d.contiguous(), act, alpha,
+        dx, dd, db, dnoise = ctx.module.epilogue_backward(misc.same_strides(grad, x), x, y, d.contiguous(), act, alpha,
                                                           gain, clamp)
         if ctx.bias_none:
             db = None
