@@ -31,7 +31,8 @@ Design choices
   scaling, arbitrary rotation, anisotropic scaling, fractional translation) are
   composed into ONE 3x3 homogeneous matrix per image, in pixel units with the origin
   at the image centre, so the image is resampled once. Resampling is bilinear with
-  reflection padding (`F.grid_sample(..., padding_mode='reflection')`); the paper's
+  reflection padding (`grid_sample_gradfix.grid_sample(..., padding_mode='reflection')`,
+  F.grid_sample's values, twice differentiable on every torch); the paper's
   wavelet-filtered 2x upsampling before the warp is NOT implemented. Bilinear warps
   soften images that are rotated or scaled by non-trivial amounts; flips, 90-degree
   rotations and integer translations sample exactly at pixel centres and are exact
@@ -61,7 +62,8 @@ import math
 from typing import Callable, Dict, Optional
 
 import torch
-import torch.nn.functional as F
+
+from torch_utils.ops import grid_sample_gradfix
 
 __all__ = ["AugmentPipe", "AdaptiveP", "AUGMENT_PRESETS", "build_augment_pipe"]
 
@@ -172,7 +174,9 @@ def warp_images(images: torch.Tensor, out_to_in: torch.Tensor) -> torch.Tensor:
     # align_corners=False: normalised -1..1 spans the outer edges, i.e. pixel x / (W/2).
     half = torch.tensor([w / 2, h / 2], dtype=dtype, device=images.device)
     grid = (src / half).to(images.dtype)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # Through grid_sample_gradfix: R1 differentiates D's gradient back through this warp, and
+    # torch before 2.12 has no derivative for grid_sample's backward.
+    return grid_sample_gradfix.grid_sample(images, grid, padding_mode="reflection")
 
 
 def apply_colour(images: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
