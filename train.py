@@ -63,7 +63,7 @@ class KimgType(click.ParamType):
 @click.option("--dlr", type=click.FloatRange(min=0), help="Discriminator learning rate.")
 @click.option("--extra-blocks/--no-extra-blocks", default=None, help="The paper's extra non-upsampling blocks.")
 @click.option("--decoder-layers", type=click.IntRange(min=2), help="FC layers of the tri-plane decoder (paper: 4).")
-@click.option("--neural-res", type=int, help="Neural-rendering resolution.")
+@click.option("--neural-res", type=int, help="Neural-rendering resolution, fixed (replaces the config's neural_res_fade).")
 @click.option("--triplane-res", type=int, help="Tri-plane resolution.")
 @click.option("--reuse-fakes/--no-reuse-fakes", default=None,
               help="D's fake phase scores the G phase's fakes instead of generating new ones (faster).")

@@ -3,6 +3,7 @@
     python bench/step.py --cfg eg3d-small                 # the config's batch, CPU (and GPU if present)
     python bench/step.py --cfg demo --repeats 2           # smoke run
     python bench/step.py --cfg eg3d-small --malloc tuned --traffic   # + bytes allocated per step
+    python bench/step.py --cfg imagenet100 --device cuda --batch 4 --resolution 256 --profile 25
     python bench/step.py --cfg eg3d-small --device cpu --batch 8 --classes 100
     python bench/step.py --cfg eg3d-small --device cpu --compare --malloc tuned   # layout x reuse
     python bench/step.py --cfg eg3d-small --device cpu --compare-kernels --malloc tuned   # kernels x reuse
@@ -43,6 +44,8 @@ What is timed (medians over --repeats after --warmup untimed runs):
 * --compare-kernels (CPU): the same for {PyTorch ops, compiled CPU kernels} x {regenerated,
   reused}: the kernels of torch_utils/ops/cpu_kernels.py (tri-plane sampler, modulation,
   bias_act) against the PyTorch paths they replace.
+* --profile N: after the timings, one more G+D step under torch.profiler; prints the N ops
+  with the most self time (device time on a GPU, CPU time on a CPU).
 * Peak memory: CPU, the peak resident set size seen during the timed runs minus the RSS
   before them (sampled every 2 ms by a thread; psutil), plus ru_maxrss; GPU,
   torch.cuda.max_memory_allocated over the timed runs.
@@ -193,6 +196,20 @@ def allocated_bytes(fn: Callable[[], None]) -> int:
                for e in prof.events())
 
 
+def print_profile(fn: Callable[[], None], device: torch.device, rows: int) -> None:
+    """The `rows` ops with the most self time in one run of fn() (device time on CUDA), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if on_cuda:
+            torch.cuda.synchronize(device)
+    sort_by = "self_cuda_time_total" if on_cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
+
+
 def _fmt(times: List[float]) -> str:
     return f"{statistics.median(times):8.3f} s (min {min(times):.3f}, max {max(times):.3f})"
 
@@ -263,6 +280,9 @@ def bench_device(args, device: torch.device) -> None:
     if args.traffic:
         allocated = allocated_bytes(lambda: gd_step(G, D, inputs, args.reuse_fakes))
         print(f"  allocated per step    {allocated / 2**30:8.1f} GiB")
+    if args.profile:
+        print(f"  one G+D step under torch.profiler, the {args.profile} ops with the most self time:")
+        print_profile(lambda: gd_step(G, D, inputs, args.reuse_fakes), device, args.profile)
     if device.type == "cuda":
         print(f"  peak GPU memory       {torch.cuda.max_memory_allocated(device) / 2**20:8.1f} MiB")
     else:
@@ -290,6 +310,8 @@ def main() -> None:
                         help="interleave NCHW / channels-last x regenerated / reused fakes (CPU) and print speed-ups")
     parser.add_argument("--compare-kernels", action="store_true",
                         help="interleave PyTorch ops / compiled CPU kernels x regenerated / reused fakes (CPU)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timings, profile one G+D step and print the N ops with the most self time")
     parser.add_argument("--resolution", type=int, default=None,
                         help="image resolution (default: the config's 'resolution' key, else 128; the demo's data is 64)")
     args = parser.parse_args()

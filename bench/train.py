@@ -3,6 +3,7 @@
     python bench/train.py --cfg demo
     python bench/train.py --cfg imagenet100 --batch 2 --steps 3      # reduced batch on a CPU
     python bench/train.py --cfg imagenet100 --multiview              # with 3-view discrimination
+    python bench/train.py --cfg imagenet100 --multiview --neural-res 128 --batch 8 --batch-gpu 4   # GPU memory
 
 The run uses the config's data set when it exists, otherwise a small synthetic set at the
 config's resolution written to a temporary folder (image content does not change the speed).
@@ -25,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training import distributed as tdist  # noqa: E402
-from training.options import load_config, validate_options  # noqa: E402
+from training.options import apply_overrides, load_config, validate_options  # noqa: E402
 from training.training_loop import Trainer  # noqa: E402
 
 
@@ -43,6 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", default="demo")
     parser.add_argument("--batch", type=int, default=None, help="total batch (default: the config's)")
+    parser.add_argument("--batch-gpu", type=int, default=None,
+                        help="images per GPU per round (default: the whole batch in one round)")
+    parser.add_argument("--neural-res", type=int, default=None,
+                        help="fixed neural-rendering resolution (default: the config's, at the start of its fade)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--multiview", action="store_true", help="time with multi-view discrimination on")
@@ -50,9 +55,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    opts = load_config(args.cfg)
-    opts.batch = args.batch or opts.batch
-    opts.batch_gpu = None
+    opts = apply_overrides(load_config(args.cfg), dict(batch=args.batch, neural_res=args.neural_res))
+    opts.batch_gpu = args.batch_gpu
     opts.multiview_at = 0 if args.multiview else None
     opts.workers, opts.resume, opts.kimg = 0, None, 1e9
     opts = validate_options(opts, 1)
@@ -77,8 +81,9 @@ def main() -> None:
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
     views = opts.views if args.multiview else 1
-    print(f"cfg {args.cfg}  device {device}  threads {torch.get_num_threads()}  batch {opts.batch}  views {views}  "
-          f"resolution {trainer.dataset.resolution}")
+    print(f"cfg {args.cfg}  device {device}  threads {torch.get_num_threads()}  batch {opts.batch} "
+          f"(per round {opts.batch_gpu})  views {views}  resolution {trainer.dataset.resolution}  "
+          f"neural render {trainer._neural_res_at(trainer.cur_nimg) or opts.G.neural_res}")
     print(f"sec/kimg {seconds / images * 1000:.1f}  images/s {images / seconds:.2f}  "
           f"s/step {seconds / args.steps:.3f}  peak memory {peak:.2f} GiB")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import pytest
 import yaml
 from click.testing import CliRunner
 
 import train
-from training.options import apply_overrides, available_configs, load_config, parse_kimg, to_plain
+from training.options import apply_overrides, available_configs, load_config, parse_kimg, to_plain, validate_options
 from training.snapshot import list_snapshots
 from training_fixtures import tiny_options
 
@@ -33,6 +34,18 @@ def test_overrides_land_in_the_tree():
                                                             multiview_at="8000kimg", batch=None))
     assert opts.loss.r1_gamma == 0.3 and opts.G.extra_blocks is False and opts.G.decoder_layers == 2
     assert opts.multiview_at == 8000.0 and opts.batch == 64
+    assert opts.neural_res_fade.final == 128  # untouched without --neural-res
+
+
+def test_batch_gpu_caps_the_per_gpu_batch():
+    opts = load_config("imagenet100")
+    assert validate_options(copy.deepcopy(opts), 8).batch_gpu == 4   # 64 / 8 GPUs = 8 per GPU, 2 rounds of 4
+    assert validate_options(copy.deepcopy(opts), 32).batch_gpu == 2  # 2 per GPU: one round, not an error
+
+
+def test_neural_res_flag_replaces_the_fade():
+    opts = apply_overrides(load_config("imagenet100"), dict(neural_res=64))
+    assert opts.G.neural_res == 64 and opts.neural_res_fade is None
 
 
 def _dry_run(*args):

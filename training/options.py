@@ -98,6 +98,10 @@ def apply_overrides(opts: EasyDict, overrides: Mapping[str, Any]) -> EasyDict:
         if flag not in OVERRIDE_KEYS:
             raise KeyError(f"unknown override '{flag}'")
         _set_dotted(opts, OVERRIDE_KEYS[flag], value)
+    if overrides.get("neural_res") is not None:
+        # A resolution given on the command line is meant to hold: the config's fade would
+        # otherwise render at other sizes and resize them to it.
+        opts.neural_res_fade = None
     opts.multiview_at = parse_kimg(opts.get("multiview_at"))
     return opts
 
@@ -112,7 +116,8 @@ def validate_options(opts: EasyDict, num_gpus: int) -> EasyDict:
     if opts.batch % num_gpus != 0:
         raise ValueError(f"--batch {opts.batch} must be divisible by the number of GPUs ({num_gpus})")
     per_gpu = opts.batch // num_gpus
-    opts.batch_gpu = opts.batch_gpu or per_gpu
+    # batch_gpu caps the images per GPU per round (gradients accumulate over rounds); it never exceeds per_gpu.
+    opts.batch_gpu = min(opts.batch_gpu or per_gpu, per_gpu)
     if per_gpu % opts.batch_gpu != 0:
         raise ValueError(f"--batch-gpu {opts.batch_gpu} must divide batch per GPU ({per_gpu})")
     if opts.views < 1:
