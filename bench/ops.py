@@ -1,4 +1,4 @@
-"""Prints forward+backward times of bias_act and upfirdn2d: the reference path next to the fast one.
+"""Prints forward+backward times of bias_act, upfirdn2d and plane_sample: the reference path next to the fast one.
 
     python bench/ops.py            # StyleGAN-sized shapes: [32,512,64,64] and [32,128,256,256]
     python bench/ops.py --quick    # small shapes, a few seconds on a CPU
@@ -6,7 +6,8 @@
 
 The fast path is the CUDA plugin on a GPU and the CPU fast path (impl=None) on a CPU.
 upfirdn2d is timed as `upsample2d` (2x up) and `filter2d` (the 4-tap blur of the networks'
-down/up-sampling convs). Times are medians over repeats after warm-up; on a GPU each timing
+down/up-sampling convs); plane_sample (the tri-plane sampler) at eg3d-small's and imagenet100's
+numbers of points. Times are medians over repeats after warm-up; on a GPU each timing
 is bracketed by synchronisations. The ratio column is reference / fast for the same shape
 and device.
 """
@@ -25,10 +26,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch_utils.ops import bias_act as bias_act_mod  # noqa: E402
+from torch_utils.ops import plane_sample as plane_sample_mod  # noqa: E402
 from torch_utils.ops import upfirdn2d as upfirdn2d_mod  # noqa: E402
 
 FULL_SHAPES = [(32, 512, 64, 64), (32, 128, 256, 256)]
 QUICK_SHAPES = [(4, 64, 32, 32), (4, 32, 64, 64)]
+# plane_sample: (B, P, C, H, W, points per item): eg3d-small's 32² render x 48 samples, and one
+# pass (48 samples) of imagenet100's 128² render, each on 3 planes of 32 x 256².
+FULL_PLANE_SHAPES = [(4, 3, 32, 256, 256, 32 * 32 * 48), (4, 3, 32, 256, 256, 128 * 128 * 48)]
+QUICK_PLANE_SHAPES = [(2, 3, 16, 32, 32, 4096)]
 
 
 def _sync(device: torch.device) -> None:
@@ -77,6 +83,17 @@ upsample2d_case = _upfirdn2d_case(lambda x, f, impl: upfirdn2d_mod.upsample2d(x,
 filter2d_case = _upfirdn2d_case(lambda x, f, impl: upfirdn2d_mod.filter2d(x, f, padding=1, impl=impl))
 
 
+def plane_sample_case(shape, device, impl) -> Callable[[], None]:
+    b, p, c, h, w, m = shape
+    planes = torch.randn(b, p, c, h, w, device=device, requires_grad=True)
+    grid = torch.rand(b, p, m, 2, device=device) * 2 - 1
+
+    def run():
+        y = plane_sample_mod.sample_mean(planes, grid, impl="ref" if impl == "ref" else None)
+        y.backward(torch.ones_like(y))
+    return run
+
+
 def bench(name: str, make_case, shapes, device: torch.device, repeats: int, fast_impl: Optional[str]) -> None:
     """One row per shape: reference ms, fast-path ms and their ratio (fast_impl: 'cuda', 'cpu' or None)."""
     for shape in shapes:
@@ -87,7 +104,7 @@ def bench(name: str, make_case, shapes, device: torch.device, repeats: int, fast
             fast_ms = time_fn(make_case(shape, device, impl), device, repeats)
         ratio = f"{ref_ms / fast_ms:6.2f}x" if fast_ms else "     -"
         fast_txt = f"{fast_ms:10.2f}" if fast_ms else "         -"
-        print(f"{name:<10} {str(list(shape)):<22} {ref_ms:10.2f} {fast_txt} {ratio}", flush=True)
+        print(f"{name:<12} {str(list(shape)):<34} {ref_ms:10.2f} {fast_txt} {ratio}", flush=True)
 
 
 def main() -> None:
@@ -104,11 +121,14 @@ def main() -> None:
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats}; forward+backward")
     if device.type == "cuda" and not cuda_ok:
         print("CUDA plugins unavailable: timing the reference path only")
-    print(f"{'op':<10} {'shape':<22} {'ref ms':>10} {'fast ms':>10} {'ratio':>7}")
+    print(f"{'op':<12} {'shape':<34} {'ref ms':>10} {'fast ms':>10} {'ratio':>7}")
     fast = "cuda" if cuda_ok else ("cpu" if device.type == "cpu" else None)
     bench("bias_act", bias_act_case, shapes, device, repeats, fast)
     bench("upsample2d", upsample2d_case, shapes, device, repeats, fast)
     bench("filter2d", filter2d_case, shapes, device, repeats, fast)
+    plane_fast = fast if device.type == "cpu" or plane_sample_mod._cuda_plugin.get() is not None else None
+    bench("plane_sample", plane_sample_case, QUICK_PLANE_SHAPES if args.quick else FULL_PLANE_SHAPES, device,
+          repeats, plane_fast)
 
 
 if __name__ == "__main__":

@@ -129,3 +129,66 @@ def test_bad_shapes_are_named(planes_shape, grid_shape, match):
 def test_bad_impl_is_named():
     with pytest.raises(ValueError, match="impl must be None or 'ref'"):
         plane_sample.sample_mean(torch.zeros(1, 3, 2, 4, 4), torch.zeros(1, 3, 5, 2), impl="cuda")
+
+
+# ---------------------------------------------------------------------------- CUDA kernel
+
+no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def cuda_spy(monkeypatch):
+    """The built CUDA plugin behind a spy (a build failure on a GPU machine fails the test)."""
+    module = plane_sample._cuda_plugin.get()
+    assert module is not None, f"plane_sample CUDA plugin did not build: {plane_sample._cuda_plugin.failed_reason}"
+    spy = _Spy(module)
+    monkeypatch.setattr(plane_sample._cuda_plugin, "_module", spy)
+    return spy
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 6, 40), (1, 3, 33, 16, 16, 300), (3, 2, 1, 4, 9, 17),
+                                   (4, 3, 32, 256, 256, 20000)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.cuda
+@no_cuda
+def test_cuda_kernel_matches_grid_sample(cuda_spy, shape, channels_last):
+    planes, grid = (t.cuda() for t in _inputs(*shape))
+    if channels_last:  # the planes as a permuted view of channel-last memory
+        planes = planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    planes.requires_grad_(True)
+    out = plane_sample.sample_mean(planes, grid)
+    ref = plane_sample.sample_mean_ref(planes, grid)
+    assert out.shape == (shape[0], shape[5], shape[2])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).cuda()
+    (g,) = torch.autograd.grad(out, planes, dy)
+    (g_ref,) = torch.autograd.grad(ref, planes, dy)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+    assert cuda_spy.calls == ["sample_mean_forward", "sample_mean_backward"]
+
+
+@pytest.mark.cuda
+@no_cuda
+def test_cuda_far_and_nan_points_sample_zero(cuda_spy):
+    planes = torch.randn(1, 3, 4, 6, 6, device="cuda", requires_grad=True)
+    grid = torch.tensor([[1e20, 0.0], [-1e20, 3.0], [float("nan"), 0.0], [0.0, float("inf")]]).expand(1, 3, 4, 2)
+    out = plane_sample.sample_mean(planes, grid.contiguous().cuda())
+    assert torch.equal(out, torch.zeros(1, 4, 4, device="cuda"))
+    (g,) = torch.autograd.grad(out.sum(), planes)
+    assert torch.equal(g, torch.zeros_like(planes))
+    assert cuda_spy.calls == ["sample_mean_forward", "sample_mean_backward"]
+
+
+@pytest.mark.cuda
+@no_cuda
+def test_cuda_deterministic_mode_and_grid_gradients_use_the_reference(cuda_spy):
+    planes, grid = (t.cuda() for t in _inputs(1, 3, 3, 6, 6, 20, spread=0.8))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        out = plane_sample.sample_mean(planes, grid)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    torch.testing.assert_close(out, plane_sample.sample_mean_ref(planes, grid))
+    plane_sample.sample_mean(planes, grid.requires_grad_(True))
+    assert cuda_spy.calls == []
+
