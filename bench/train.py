@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from torch_utils import misc  # noqa: E402
 from training import distributed as tdist  # noqa: E402
 from training.options import apply_overrides, load_config, validate_options  # noqa: E402
 from training.training_loop import Trainer  # noqa: E402
@@ -62,6 +63,8 @@ def main() -> None:
     opts = validate_options(opts, 1)
     resolution = args.resolution or int(opts.get("resolution", 0) or 0) or _guess_resolution(opts.data)
     device = torch.device(args.device)
+    if device.type == "cpu" and opts.get("tune_cpu_allocator", True):
+        misc.tune_cpu_allocator()  # as training_loop() does, so the figures are train.py's
     with tempfile.TemporaryDirectory() as tmp:
         opts.data = _data_for(opts, resolution, tmp)
         trainer = Trainer(opts, Path(tmp) / "run", tdist.DistInfo(device=device))
