@@ -62,7 +62,7 @@ def test_gradgradcheck_input_only_terms(padding):
 
 
 def test_second_derivative_never_calls_torchs_own():
-    """Torch before 2.12 cannot differentiate grid_sampler_2d_backward; this module must not need to."""
+    """Torch 2.11 cannot differentiate grid_sampler_2d_backward (2.13 can); this module must not need to."""
     x, g = _inputs(torch.float64, seed=6)
     x.requires_grad_(True)
     (gx,) = torch.autograd.grad(grid_sample(x, g, "reflection").square().sum(), x, create_graph=True)

@@ -3,9 +3,10 @@
 `grid_sample(input, grid, padding_mode)` equals `F.grid_sample(input, grid, mode='bilinear',
 padding_mode=padding_mode, align_corners=False)` for padding_mode 'zeros' (the tri-plane
 sampler), 'border' or 'reflection' (the ADA warp). Torch's own grid_sampler_2d_backward has
-no derivative before torch 2.12, so R1 through augmented reals needs this module. Its backward is a custom Function
-(`_GridSampleBackwardFn`) that computes (grad_input, grad_grid) with
-`aten.grid_sampler_2d_backward`, and whose own backward supplies the second-order terms:
+no derivative in torch 2.11 (2.13 has one), so R1 through augmented reals needs this module.
+Its backward is a custom Function (`_GridSampleBackwardFn`) that computes (grad_input,
+grad_grid) with `aten.grid_sampler_2d_backward`, and whose own backward supplies the
+second-order terms:
 
 Terms from a loss on grad_input (the common case, e.g. R1 or path-length penalties that
 flow back through sampled feature planes), computed in closed form with the same aten ops

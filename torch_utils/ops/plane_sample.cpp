@@ -10,7 +10,8 @@
 namespace {
 
 void check_grid(const torch::Tensor& grid, int64_t B, int64_t P) {
-  TORCH_CHECK(grid.is_cuda() && grid.scalar_type() == torch::kFloat32, "plane_sample: grid must be a float32 CUDA tensor");
+  TORCH_CHECK(grid.is_cuda() && grid.scalar_type() == torch::kFloat32,
+              "plane_sample: grid must be a float32 CUDA tensor");
   TORCH_CHECK(grid.dim() == 4 && grid.size(0) == B && grid.size(1) == P && grid.size(3) == 2,
               "plane_sample: grid must be [B,P,M,2] with B=", B, " and P=", P, ", got ", grid.sizes());
   TORCH_CHECK(grid.is_contiguous(), "plane_sample: grid must be contiguous");
