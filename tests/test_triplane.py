@@ -301,3 +301,23 @@ def test_cpu_kernels_give_the_torch_ops_results(cpu_kernels_module):
         results.append([out["image"], out["image_raw"]] + [p.grad.clone() for p in G.parameters()])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_checkpoint_gives_the_same_outputs_and_gradients():
+    """decoder_checkpoint recomputes the decoder's hidden layers in the backward: same values,
+    same gradient for every parameter (and it is stored in the constructor arguments)."""
+    torch.manual_seed(0)
+    G = tiny_generator().train()
+    G_ckpt = tiny_generator(decoder_checkpoint=True).train()
+    G_ckpt.load_state_dict(G.state_dict())
+    assert G_ckpt.init_kwargs["decoder_checkpoint"] is True and G_ckpt.decoder.checkpoint
+    G_ckpt.decoder.CHECKPOINT_POINTS = 100  # 2 views x 64 rays x 12 samples: 16 chunks per item
+    z, c = torch.randn(2, G.z_dim), one_hot([0, 2])
+    results = []
+    for net in (G, G_ckpt):
+        torch.manual_seed(1)
+        out = net(z, c, views=2)
+        (out["image"].square().mean() + out["image_raw"].mean()).backward()
+        results.append([out["image"]] + [p.grad for p in net.parameters()])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from torch_utils.ops import grid_sample_gradfix, plane_sample
@@ -113,9 +114,15 @@ class TriPlaneDecoder(nn.Module):
     finite logits; the first 3 are the colour.
     """
 
+    CHECKPOINT_POINTS = 65536  # points per batch item in one checkpointed chunk
+
     def __init__(self, in_features: int, hidden: int = 64, out_features: int = 32, num_layers: int = 4,
-                 lr_multiplier: float = 1.0) -> None:
+                 lr_multiplier: float = 1.0, checkpoint: bool = False) -> None:
         super().__init__()
+        # checkpoint: keep only the input for the backward and recompute the hidden layers
+        # there (torch.utils.checkpoint), chunk by chunk of CHECKPOINT_POINTS points, so that
+        # one chunk's hidden activations exist at a time; for one more forward pass of the MLP.
+        self.checkpoint = checkpoint
         if num_layers < 1:
             raise ValueError(f"decoder_layers must be >= 1, got {num_layers}")
         if out_features < 3:
@@ -127,6 +134,13 @@ class TriPlaneDecoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """features [B,M,in] -> (raw density [B,M,1], features [B,M,out])."""
+        if self.checkpoint and torch.is_grad_enabled():
+            parts = [torch.utils.checkpoint.checkpoint(self._forward, chunk, use_reentrant=False)
+                     for chunk in features.split(self.CHECKPOINT_POINTS, dim=1)]
+            return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+        return self._forward(features)
+
+    def _forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = features
         for idx, layer in enumerate(self.layers):
             x = layer(x)
@@ -167,7 +181,7 @@ class TriPlaneGenerator(nn.Module):
     def __init__(self, z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, triplane_res: int = 256,
                  triplane_channels: int = 32, neural_res: int = 64, img_res: int = 128, decoder_layers: int = 4,
                  decoder_hidden: int = 64, decoder_out: int = 32, decoder_lr_multiplier: float = 1.0,
-                 extra_blocks: bool = True, mapping_layers: int = 2, mapping_kwargs: Optional[Dict[str, Any]] = None,
+                 decoder_checkpoint: bool = False, extra_blocks: bool = True, mapping_layers: int = 2, mapping_kwargs: Optional[Dict[str, Any]] = None,
                  backbone_kwargs: Optional[Dict[str, Any]] = None, rendering_kwargs: Optional[Dict[str, Any]] = None,
                  sr_kwargs: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
@@ -178,7 +192,8 @@ class TriPlaneGenerator(nn.Module):
         self.init_kwargs: Dict[str, Any] = _jsonable(dict(
             z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, triplane_res=triplane_res, triplane_channels=triplane_channels,
             neural_res=neural_res, img_res=img_res, decoder_layers=decoder_layers, decoder_hidden=decoder_hidden,
-            decoder_out=decoder_out, decoder_lr_multiplier=decoder_lr_multiplier, extra_blocks=extra_blocks,
+            decoder_out=decoder_out, decoder_lr_multiplier=decoder_lr_multiplier,
+            decoder_checkpoint=decoder_checkpoint, extra_blocks=extra_blocks,
             mapping_layers=mapping_layers, mapping_kwargs=mapping_kwargs, backbone_kwargs=backbone_kwargs,
             rendering_kwargs=rendering_kwargs, sr_kwargs=sr_kwargs))
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
@@ -194,7 +209,8 @@ class TriPlaneGenerator(nn.Module):
         self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws,
                                       num_layers=mapping_layers, **mapping_kwargs)
         self.decoder = TriPlaneDecoder(triplane_channels, hidden=decoder_hidden, out_features=decoder_out,
-                                       num_layers=decoder_layers, lr_multiplier=decoder_lr_multiplier)
+                                       num_layers=decoder_layers, lr_multiplier=decoder_lr_multiplier,
+                                       checkpoint=decoder_checkpoint)
         self.renderer = VolumeRenderer(**{k: v for k, v in rendering_kwargs.items() if k not in CAMERA_KEYS})
         self.superresolution = SuperResolution(decoder_out, neural_res=neural_res, img_res=img_res, w_dim=w_dim,
                                                **sr_kwargs)
