@@ -1,0 +1,48 @@
+"""bench/config_trials.py: the trials file and the configs it writes."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from config_trials import read_trials, write_config  # noqa: E402
+
+from training.options import load_config  # noqa: E402
+
+
+def test_trials_file_and_written_configs(tmp_path):
+    trials = tmp_path / "trials.txt"
+    trials.write_text("# sweep\nbase\n\nmv4  multiview_at=4 loss.r1_gamma=0.2   # earlier views\n"
+                      "big G.triplane_channels=32 aug=ada\n")
+    parsed = read_trials(trials)
+    assert parsed == [("base", {}), ("mv4", {"multiview_at": 4, "loss.r1_gamma": 0.2}),
+                      ("big", {"G.triplane_channels": 32, "aug": "ada"})]
+    base = load_config("demo")
+    for name, overrides in parsed:
+        write_config(base, overrides, tmp_path / f"{name}.yaml")
+    mv4 = yaml.safe_load((tmp_path / "mv4.yaml").read_text())
+    assert mv4["multiview_at"] == 4 and mv4["loss"]["r1_gamma"] == 0.2
+    assert mv4["G"] == yaml.safe_load((tmp_path / "base.yaml").read_text())["G"]  # the rest untouched
+    assert load_config(tmp_path / "big.yaml").G.triplane_channels == 32  # train.py can read it
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a x\n", "KEY=VALUE"),
+    ("a\na\n", "new name"),
+    ("k=1\n", "new name"),
+    ("# nothing\n", "no trials"),
+])
+def test_bad_trials_files_are_named(tmp_path, text, match):
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_trials(path)
+
+
+@pytest.mark.parametrize("override", ["loss.r1_gama", "nosection.key", "G.triplane_channels.x"])
+def test_overrides_of_unknown_keys_are_errors(tmp_path, override):
+    with pytest.raises(KeyError, match="override|section"):
+        write_config(load_config("demo"), {override: 1}, tmp_path / "t.yaml")
