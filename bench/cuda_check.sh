@@ -8,7 +8,7 @@
 # Stages (each bounded by `timeout`, so one hang cannot eat the others' time):
 #   env    GPU, driver, torch and CUDA versions
 #   tests  the CUDA-marked tests (kernels against their references, fp16 paths)
-#   ops    bench/ops.py: bias_act and upfirdn2d, reference vs CUDA plugin
+#   ops    bench/ops.py: bias_act, upfirdn2d and plane_sample, reference vs CUDA plugin
 #   step   bench/step.py: eg3d-small and imagenet100 G forward and G+D step
 #   train  a 2-kimg demo training run on the GPU, then bench/train.py for demo and imagenet100
 #   suite  the whole test suite, in parallel when pytest-xdist is installed

@@ -175,7 +175,7 @@ def warp_images(images: torch.Tensor, out_to_in: torch.Tensor) -> torch.Tensor:
     half = torch.tensor([w / 2, h / 2], dtype=dtype, device=images.device)
     grid = (src / half).to(images.dtype)
     # Through grid_sample_gradfix: R1 differentiates D's gradient back through this warp, and
-    # torch 2.11 (2.13 does) has no derivative for grid_sample's backward.
+    # torch 2.11 has no derivative for grid_sample's backward (2.13 has).
     return grid_sample_gradfix.grid_sample(images, grid, padding_mode="reflection")
 
 
