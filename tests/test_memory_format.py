@@ -62,3 +62,34 @@ def test_activation_memory_format_rules():
     assert misc.activation_memory_format(cuda, torch.float32, True) == torch.contiguous_format
     assert misc.activation_memory_format(cuda, torch.float16, True) == torch.channels_last
     assert misc.activation_memory_format(cuda, torch.float16, False) == torch.contiguous_format
+
+
+def test_wide_skip_images_follow_the_activation_layout_and_rgb_ones_stay_nchw():
+    """The tri-plane skip image (3 x C channels) is channels-last with the CPU policy, NCHW
+    without it; the super-resolution's RGB skip image is NCHW either way."""
+    from training.networks_stylegan2 import SynthesisBlock
+
+    torch.manual_seed(0)
+    G = TriPlaneGenerator(c_dim=2, img_res=16, **TINY_G).train()
+    seen = []
+
+    def record(module, args, output):
+        img = output[1]
+        seen.append((module.img_channels, img.is_contiguous(memory_format=torch.channels_last)
+                     and not img.is_contiguous()))
+
+    handles = [m.register_forward_hook(record) for m in G.modules() if isinstance(m, SynthesisBlock)]
+    z, c = torch.randn(2, G.z_dim), torch.eye(2)
+    layouts = {}
+    with torch.no_grad():
+        for enabled in (True, False):
+            seen.clear()
+            with misc.cpu_channels_last(enabled):
+                G(z, c)
+            layouts[enabled] = list(seen)
+    for h in handles:
+        h.remove()
+    wide = 3 * TINY_G["triplane_channels"]
+    assert {ch for ch, _ in layouts[True]} == {wide, 3}
+    assert all(cl == (ch == wide) for ch, cl in layouts[True])
+    assert not any(cl for _, cl in layouts[False])

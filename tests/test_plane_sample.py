@@ -54,11 +54,29 @@ def test_kernel_matches_grid_sample(kernel_module, monkeypatch, shape):
     assert spy.calls == ["sample_mean_forward", "sample_mean_backward"]
 
 
-def test_kernel_takes_any_plane_strides(kernel_module):
-    """Planes that are a permuted view (here channel-last in memory) give the same values and a
-    gradient with the planes' own strides."""
+def _layout(planes: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as `planes` [B,P,C,H,W] in another memory layout (a strided view)."""
+    b, p, c, h, w = planes.shape
+    if layout == "plane-channel-last":  # [B,P,H,W,C] in memory
+        return planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    if layout == "triplane-channels-last":  # a view of a channels-last [B, P*C, H, W] backbone output
+        flat = planes.reshape(b, p * c, h, w).contiguous(memory_format=torch.channels_last)
+        return flat.view(b, p, c, h, w)
+    if layout == "transposed":  # [B,P,C,W,H] in memory: channels not contiguous
+        return planes.transpose(3, 4).contiguous().transpose(3, 4)
+    raise ValueError(layout)
+
+
+LAYOUTS = ["plane-channel-last", "triplane-channels-last", "transposed"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_kernel_takes_any_plane_strides(kernel_module, layout):
+    """Planes that are a strided view (read in place when the channels are contiguous, else
+    through a scratch copy) give the same values and a gradient with the planes' own strides."""
     planes, grid = _inputs(2, 3, 6, 8, 5, 50, seed=1)
-    strided = planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3).requires_grad_(True)
+    strided = _layout(planes, layout).requires_grad_(True)
+    assert (strided.stride(2) == 1) == (layout != "transposed")
     out = plane_sample.sample_mean(strided, grid)
     torch.testing.assert_close(out, plane_sample.sample_mean_ref(planes, grid), rtol=1e-5, atol=1e-6)
     (g,) = torch.autograd.grad(out.sum(), strided)
@@ -67,9 +85,11 @@ def test_kernel_takes_any_plane_strides(kernel_module):
     torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_is_bitwise_reproducible_across_thread_counts(kernel_module):
-    planes, grid = _inputs(2, 3, 8, 32, 32, 5000, seed=2, spread=0.9)
-    planes.requires_grad_(True)
+@pytest.mark.parametrize("layout", ["contiguous", "triplane-channels-last"])
+@pytest.mark.parametrize("size", [32, 192])  # a plane per thread's cache, or threads share one
+def test_kernel_is_bitwise_reproducible_across_thread_counts(kernel_module, layout, size):
+    planes, grid = _inputs(2, 3, 8, size, size, 5000, seed=2, spread=0.9)
+    planes = (planes if layout == "contiguous" else _layout(planes, layout)).requires_grad_(True)
     dy = torch.randn(2, 5000, 8, generator=torch.Generator().manual_seed(4))
     results = []
     before = torch.get_num_threads()

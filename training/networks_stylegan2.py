@@ -377,6 +377,10 @@ class ToRGBLayer(nn.Module):
 # Blocks and the backbone.
 
 
+# Skip images with at least this many channels follow the activation layout (see SynthesisBlock).
+_WIDE_SKIP_CHANNELS = 8
+
+
 class SynthesisBlock(nn.Module):
     """Two modulated convs and a skip ToRGB; ``up=2`` doubles the resolution, ``up=1`` keeps it (extra block).
 
@@ -433,11 +437,16 @@ class SynthesisBlock(nn.Module):
             x = x.to(dtype=dtype, memory_format=memory_format)
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
-        # The skip image stays NCHW; of ToRGB's input and output, convert the one with fewer
-        # channels (its input for 32 -> 96 tri-plane channels, its output for 64 -> 3 RGB).
-        narrow_output = self.torgb.out_channels < self.torgb.in_channels
-        y = self.torgb(x if narrow_output else x.contiguous(), next(w_iter), fused_modconv=fused_modconv)
-        y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+        # A wide skip image (tri-plane features) takes the fp32 activation layout: channels-last
+        # on a CPU, where oneDNN's depthwise upsampling of it runs several times faster than on
+        # NCHW, and ToRGB needs no layout copy. An RGB skip image stays NCHW; of ToRGB's input
+        # and output, convert the one with fewer channels.
+        skip_format = misc.activation_memory_format(ws.device, torch.float32) \
+            if self.img_channels >= _WIDE_SKIP_CHANNELS else torch.contiguous_format
+        keep_input = skip_format == memory_format or self.torgb.out_channels < self.torgb.in_channels
+        y = self.torgb(x if keep_input else x.contiguous(memory_format=skip_format), next(w_iter),
+                       fused_modconv=fused_modconv)
+        y = y.to(dtype=torch.float32, memory_format=skip_format)
         if img is not None:
             misc.assert_shape(img, [None, self.img_channels, in_res, in_res])
             if self.up == 2:

@@ -6,8 +6,10 @@
 // touches 2 cache lines per corner row and channel (64 for 32 channels), and its backward
 // scatters the same way. Here each plane is first transposed into a channel-last scratch
 // buffer [H*W, C]; a corner is then C contiguous floats (2 cache lines) that the compiler
-// vectorises. The mean over planes is accumulated in place, so the [B,P,C,M] intermediate,
-// its transpose and the mean's pass are gone as well.
+// vectorises. Planes whose channels are already contiguous (stride 1 along C: the tri-planes
+// of a channels-last backbone) are read, and their gradient written, in place instead. The
+// mean over planes is accumulated in place, so the [B,P,C,M] intermediate, its transpose and
+// the mean's pass are gone as well.
 //
 // Threads (at::parallel_for, i.e. torch's own thread count): over the batch items when there
 // are at least as many as threads and planes are small (each item is then one thread's, with
@@ -22,6 +24,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -107,14 +110,20 @@ at::Tensor sample_mean_forward(const at::Tensor& planes, const at::Tensor& grid)
     const float* gr = grid.data_ptr<float>();
     float* o = out.data_ptr<float>();
     const float scale = 1.f / static_cast<float>(P);
+    // Planes whose channels are contiguous (tri-planes from a channels-last backbone) are read
+    // in place; others are first copied into a channel-last scratch plane.
+    const bool direct = planes.stride(2) == 1;
+    const int64_t sY = direct ? planes.stride(3) : W * C, sX = direct ? planes.stride(4) : C;
     // Threads over the batch when it has an item per thread (each with its own scratch plane;
     // the nested parallel_for calls below then run inline), else over the points.
     at::parallel_for(0, B, batch_grain(B, H * W * C), [&](int64_t b_begin, int64_t b_end) {
-    std::vector<float> buf(static_cast<size_t>(H * W * C));
+    std::vector<float> buf(direct ? 0 : static_cast<size_t>(H * W * C));
     for (int64_t b = b_begin; b < b_end; ++b)
         for (int64_t p = 0; p < P; ++p) {
-            to_channels_last(pl + b * planes.stride(0) + p * planes.stride(1), C, H, W,
-                             planes.stride(2), planes.stride(3), planes.stride(4), buf.data());
+            const float* plane = pl + b * planes.stride(0) + p * planes.stride(1);
+            if (!direct)
+                to_channels_last(plane, C, H, W, planes.stride(2), planes.stride(3), planes.stride(4), buf.data());
+            const float* base = direct ? plane : buf.data();
             const float* g = gr + (b * P + p) * M * 2;
             float* ob = o + b * M * C;
             at::parallel_for(0, M, 256, [&](int64_t m_begin, int64_t m_end) {
@@ -129,7 +138,7 @@ at::Tensor sample_mean_forward(const at::Tensor& planes, const at::Tensor& grid)
                             const int64_t x = k.x0 + dx;
                             if (x < 0 || x >= W) continue;
                             const float w = wy * (dx ? k.wx1 : 1.f - k.wx1) * scale;
-                            const float* src = buf.data() + (y * W + x) * C;
+                            const float* src = base + y * sY + x * sX;
                             for (int64_t c = 0; c < C; ++c) dst[c] += w * src[c];
                         }
                     }
@@ -148,7 +157,11 @@ at::Tensor sample_mean_backward(const at::Tensor& grad_out, const at::Tensor& pl
     TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == B && grad_out.size(1) == M && grad_out.size(2) == C,
                 "plane_sample_cpu: grad_out must be [B,M,C] = [", B, ",", M, ",", C, "], got ", grad_out.sizes());
     const auto go_c = grad_out.to(at::kFloat).contiguous();
-    auto grad = at::empty_like(planes);
+    // Channel-contiguous planes get their gradient scattered in place (zeroed first), others
+    // through a scratch plane that is then copied out.
+    const bool direct = planes.stride(2) == 1;
+    auto grad = direct ? at::zeros_like(planes) : at::empty_like(planes);
+    const int64_t sY = direct ? grad.stride(3) : W * C, sX = direct ? grad.stride(4) : C;
     const float* gr = grid.data_ptr<float>();
     const float* go = go_c.data_ptr<float>();
     float* gp = grad.data_ptr<float>();
@@ -157,10 +170,11 @@ at::Tensor sample_mean_backward(const at::Tensor& grad_out, const at::Tensor& pl
     // Row owners: one when the threads go over the batch, else every thread of the pool.
     const int64_t T = grain < B ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H));
     at::parallel_for(0, B, grain, [&](int64_t b_begin, int64_t b_end) {
-    std::vector<float> buf(static_cast<size_t>(H * W * C));
+    std::vector<float> buf(direct ? 0 : static_cast<size_t>(H * W * C));
     for (int64_t b = b_begin; b < b_end; ++b)
         for (int64_t p = 0; p < P; ++p) {
             std::fill(buf.begin(), buf.end(), 0.f);
+            float* base = direct ? gp + b * grad.stride(0) + p * grad.stride(1) : buf.data();
             const float* g = gr + (b * P + p) * M * 2;
             const float* gob = go + b * M * C;
             at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
@@ -176,14 +190,15 @@ at::Tensor sample_mean_backward(const at::Tensor& grad_out, const at::Tensor& pl
                                 const int64_t x = k.x0 + dx;
                                 if (x < 0 || x >= W) continue;
                                 const float w = wy * (dx ? k.wx1 : 1.f - k.wx1) * scale;
-                                float* dst = buf.data() + (y * W + x) * C;
+                                float* dst = base + y * sY + x * sX;
                                 for (int64_t c = 0; c < C; ++c) dst[c] += w * src[c];
                             }
                         }
                     }
             });
-            from_channels_last(buf.data(), C, H, W, grad.stride(2), grad.stride(3), grad.stride(4),
-                               gp + b * grad.stride(0) + p * grad.stride(1));
+            if (!direct)
+                from_channels_last(buf.data(), C, H, W, grad.stride(2), grad.stride(3), grad.stride(4),
+                                   gp + b * grad.stride(0) + p * grad.stride(1));
         }
     });
     return grad;
