@@ -7,7 +7,8 @@
 // scatters the same way. Here each plane is first transposed into a channel-last scratch
 // buffer [H*W, C]; a corner is then C contiguous floats (2 cache lines) that the compiler
 // vectorises. Planes whose channels are already contiguous (stride 1 along C: the tri-planes
-// of a channels-last backbone) are read, and their gradient written, in place instead. The
+// of a channels-last backbone) are read in place instead (the backward still scatters into a
+// compact scratch plane: better locality than the interleaved planes). The
 // mean over planes is accumulated in place, so the [B,P,C,M] intermediate, its transpose and
 // the mean's pass are gone as well.
 //
@@ -24,10 +25,10 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -66,12 +67,18 @@ void to_channels_last(const float* plane, int64_t C, int64_t H, int64_t W,
 void from_channels_last(const float* buf, int64_t C, int64_t H, int64_t W,
                         int64_t sC, int64_t sY, int64_t sX, float* plane) {
     at::parallel_for(0, H, 8, [&](int64_t y_begin, int64_t y_end) {
-        for (int64_t y = y_begin; y < y_end; ++y)
+        for (int64_t y = y_begin; y < y_end; ++y) {
+            if (sC == 1) {  // channel-contiguous planes: one run of C floats per pixel
+                for (int64_t x = 0; x < W; ++x)
+                    std::copy_n(buf + (y * W + x) * C, C, plane + y * sY + x * sX);
+                continue;
+            }
             for (int64_t c = 0; c < C; ++c) {
                 const float* src = buf + y * W * C + c;
                 float* dst = plane + c * sC + y * sY;
                 for (int64_t x = 0; x < W; ++x) dst[x * sX] = src[x * C];
             }
+        }
     });
 }
 
@@ -157,11 +164,10 @@ at::Tensor sample_mean_backward(const at::Tensor& grad_out, const at::Tensor& pl
     TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == B && grad_out.size(1) == M && grad_out.size(2) == C,
                 "plane_sample_cpu: grad_out must be [B,M,C] = [", B, ",", M, ",", C, "], got ", grad_out.sizes());
     const auto go_c = grad_out.to(at::kFloat).contiguous();
-    // Channel-contiguous planes get their gradient scattered in place (zeroed first), others
-    // through a scratch plane that is then copied out.
-    const bool direct = planes.stride(2) == 1;
-    auto grad = direct ? at::zeros_like(planes) : at::empty_like(planes);
-    const int64_t sY = direct ? grad.stride(3) : W * C, sX = direct ? grad.stride(4) : C;
+    // The scatter always goes to a compact scratch plane, then out with the planes' strides:
+    // scattering in place into channel-contiguous tri-planes (pixels 3C floats apart) measured
+    // slower, zeroing included.
+    auto grad = at::empty_like(planes);
     const float* gr = grid.data_ptr<float>();
     const float* go = go_c.data_ptr<float>();
     float* gp = grad.data_ptr<float>();
@@ -170,11 +176,10 @@ at::Tensor sample_mean_backward(const at::Tensor& grad_out, const at::Tensor& pl
     // Row owners: one when the threads go over the batch, else every thread of the pool.
     const int64_t T = grain < B ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H));
     at::parallel_for(0, B, grain, [&](int64_t b_begin, int64_t b_end) {
-    std::vector<float> buf(direct ? 0 : static_cast<size_t>(H * W * C));
+    std::vector<float> buf(static_cast<size_t>(H * W * C));
     for (int64_t b = b_begin; b < b_end; ++b)
         for (int64_t p = 0; p < P; ++p) {
             std::fill(buf.begin(), buf.end(), 0.f);
-            float* base = direct ? gp + b * grad.stride(0) + p * grad.stride(1) : buf.data();
             const float* g = gr + (b * P + p) * M * 2;
             const float* gob = go + b * M * C;
             at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
@@ -190,15 +195,14 @@ at::Tensor sample_mean_backward(const at::Tensor& grad_out, const at::Tensor& pl
                                 const int64_t x = k.x0 + dx;
                                 if (x < 0 || x >= W) continue;
                                 const float w = wy * (dx ? k.wx1 : 1.f - k.wx1) * scale;
-                                float* dst = base + y * sY + x * sX;
+                                float* dst = buf.data() + (y * W + x) * C;
                                 for (int64_t c = 0; c < C; ++c) dst[c] += w * src[c];
                             }
                         }
                     }
             });
-            if (!direct)
-                from_channels_last(buf.data(), C, H, W, grad.stride(2), grad.stride(3), grad.stride(4),
-                                   gp + b * grad.stride(0) + p * grad.stride(1));
+            from_channels_last(buf.data(), C, H, W, grad.stride(2), grad.stride(3), grad.stride(4),
+                               gp + b * grad.stride(0) + p * grad.stride(1));
         }
     });
     return grad;
