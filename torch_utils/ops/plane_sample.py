@@ -55,6 +55,11 @@ def sample_mean(planes: torch.Tensor, grid: torch.Tensor, impl: Optional[str] = 
 def sample_mean_ref(planes: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """The same with torch's grid_sample (through grid_sample_gradfix), differentiable twice."""
     b, p, c, h, w = planes.shape
+    if planes.stride(0) != p * planes.stride(1):
+        # Planes interleaved in memory (tri-planes viewed from a channels-last [B, P*C, H, W]):
+        # merging B and P would copy them all, so sample one plane at a time, in place.
+        out = sum(grid_sample_gradfix.grid_sample(planes[:, i], grid[:, i, :, None]) for i in range(p))
+        return (out[..., 0] / p).transpose(1, 2)  # [B,M,C]
     out = grid_sample_gradfix.grid_sample(planes.reshape(b * p, c, h, w), grid.reshape(b * p, -1, 1, 2))
     return out.reshape(b, p, c, -1).mean(dim=1).transpose(1, 2)  # [B,M,C]
 
