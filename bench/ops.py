@@ -1,4 +1,4 @@
-"""Prints forward+backward times of bias_act, upfirdn2d and plane_sample: the reference path next to the fast one.
+"""Prints forward+backward times of bias_act, upfirdn2d, plane_sample and the decoder MLP: the reference path next to the fast one.
 
     python bench/ops.py            # StyleGAN-sized shapes: [32,512,64,64] and [32,128,256,256]
     python bench/ops.py --quick    # small shapes, a few seconds on a CPU
@@ -7,7 +7,8 @@
 The fast path is the CUDA plugin on a GPU and the CPU fast path (impl=None) on a CPU.
 upfirdn2d is timed as `upsample2d` (2x up) and `filter2d` (the 4-tap blur of the networks'
 down/up-sampling convs); plane_sample (the tri-plane sampler) at eg3d-small's and imagenet100's
-numbers of points. Times are medians over repeats after warm-up; on a GPU each timing
+numbers of points; softplus_mlp (the tri-plane decoder, CPU only) at the demo's 3-view step
+(16 -> 32 x3 -> 17 on 344k points) and eg3d-small's (32 -> 64 -> 33 on 197k). Times are medians over repeats after warm-up; on a GPU each timing
 is bracketed by synchronisations. The ratio column is reference / fast for the same shape
 and device.
 """
@@ -26,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch_utils.ops import bias_act as bias_act_mod  # noqa: E402
+from torch_utils.ops import mlp as mlp_mod  # noqa: E402
 from torch_utils.ops import plane_sample as plane_sample_mod  # noqa: E402
 from torch_utils.ops import upfirdn2d as upfirdn2d_mod  # noqa: E402
 
@@ -35,6 +37,9 @@ QUICK_SHAPES = [(4, 64, 32, 32), (4, 32, 64, 64)]
 # pass (48 samples) of imagenet100's 128² render, each on 3 planes of 32 x 256².
 FULL_PLANE_SHAPES = [(4, 3, 32, 256, 256, 32 * 32 * 48), (4, 3, 32, 256, 256, 128 * 128 * 48)]
 QUICK_PLANE_SHAPES = [(2, 3, 16, 32, 32, 4096)]
+# softplus_mlp: (points, in, hidden..., out).
+FULL_MLP_SHAPES = [(16 * 3 * 256 * 28, 16, 32, 32, 32, 17), (4 * 1024 * 48, 32, 64, 33)]
+QUICK_MLP_SHAPES = [(8192, 16, 32, 32, 32, 17)]
 
 
 def _sync(device: torch.device) -> None:
@@ -94,6 +99,18 @@ def plane_sample_case(shape, device, impl) -> Callable[[], None]:
     return run
 
 
+def mlp_case(shape, device, impl) -> Callable[[], None]:
+    points, *sizes = shape
+    x = torch.randn(points, sizes[0], device=device, requires_grad=True)
+    weights = [(torch.randn(o, i, device=device) / i ** 0.5).requires_grad_(True) for i, o in zip(sizes, sizes[1:])]
+    biases = [torch.zeros(o, device=device, requires_grad=True) for o in sizes[1:]]
+
+    def run():
+        y = mlp_mod.softplus_mlp(x, weights, biases, impl="ref" if impl == "ref" else None)
+        y.backward(torch.ones_like(y))
+    return run
+
+
 def bench(name: str, make_case, shapes, device: torch.device, repeats: int, fast_impl: Optional[str]) -> None:
     """One row per shape: reference ms, fast-path ms and their ratio (fast_impl: 'cuda', 'cpu' or None)."""
     for shape in shapes:
@@ -129,6 +146,8 @@ def main() -> None:
     plane_fast = fast if device.type == "cpu" or plane_sample_mod._cuda_plugin.get() is not None else None
     bench("plane_sample", plane_sample_case, QUICK_PLANE_SHAPES if args.quick else FULL_PLANE_SHAPES, device,
           repeats, plane_fast)
+    bench("softplus_mlp", mlp_case, QUICK_MLP_SHAPES if args.quick else FULL_MLP_SHAPES, device, repeats,
+          "cpu" if device.type == "cpu" else None)
 
 
 if __name__ == "__main__":

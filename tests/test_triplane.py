@@ -98,10 +98,10 @@ def test_sample_density_aggregates_planes_by_mean():
         planes[0, k] = value
     seen = {}
 
-    def remember_input(module, inputs, output):
+    def remember_input(module, inputs):
         seen.setdefault("x", inputs[0])
 
-    G.decoder.layers[0].register_forward_hook(remember_input)
+    G.decoder.register_forward_pre_hook(remember_input)
     sigma, feats = G.sample_density(planes, torch.zeros(1, 5, 3))
     assert torch.allclose(seen["x"], torch.full([1, 5, 8], 3.0))  # (1 + 2 + 6) / 3, not the sum 9
     ref_sigma, ref_feats = G.decoder(torch.full([1, 5, 8], 3.0))

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 import torch.nn.functional as F
 
-from torch_utils.ops import grid_sample_gradfix, plane_sample
+from torch_utils.ops import grid_sample_gradfix, mlp, plane_sample
 from training.networks_common import resize_image
 from training.networks_stylegan2 import FullyConnectedLayer, MappingNetwork, SynthesisNetwork
 from training.superresolution import SuperResolution
@@ -141,11 +141,11 @@ class TriPlaneDecoder(nn.Module):
         return self._forward(features)
 
     def _forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = features
-        for idx, layer in enumerate(self.layers):
-            x = layer(x)
-            if idx < self.num_layers - 1:
-                x = F.softplus(x)
+        # The layers' effective (equalised-lr) weights through softplus_mlp: one C++ kernel on
+        # a CPU (all layers per tile of points in cache), PyTorch ops elsewhere.
+        weights = [layer.weight.to(features.dtype) * layer.weight_gain for layer in self.layers]
+        biases = [layer.bias.to(features.dtype) * layer.bias_gain for layer in self.layers]
+        x = mlp.softplus_mlp(features, weights, biases)
         eps = 1e-3
         rgb = torch.sigmoid(x[..., 1:]) * (2.0 + 4.0 * eps) - (1.0 + 2.0 * eps)
         return x[..., :1], rgb
