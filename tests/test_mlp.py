@@ -6,26 +6,12 @@ import torch.nn.functional as F
 
 from torch_utils.ops import cpu_kernels, mlp
 from training.triplane import TriPlaneDecoder
-
-
-class _Spy:
-    """Records the calls into the compiled module (proves the kernel, not the fallback, ran)."""
-
-    def __init__(self, module):
-        self.module, self.calls = module, []
-
-    def __getattr__(self, name):
-        fn = getattr(self.module, name)
-
-        def wrapped(*args):
-            self.calls.append(name)
-            return fn(*args)
-        return wrapped
+from training_fixtures import KernelSpy
 
 
 @pytest.fixture
 def spy(cpu_kernels_module, monkeypatch):
-    s = _Spy(cpu_kernels_module)
+    s = KernelSpy(cpu_kernels_module)
     monkeypatch.setattr(cpu_kernels.plugin, "_module", s)
     return s
 

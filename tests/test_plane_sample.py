@@ -4,26 +4,12 @@ import pytest
 import torch
 
 from torch_utils.ops import plane_sample
+from training_fixtures import KernelSpy
 
 
 @pytest.fixture
 def kernel_module(cpu_kernels_module):
     return cpu_kernels_module
-
-
-class _Spy:
-    """Counts the calls into the compiled module (proves the kernel, not the fallback, ran)."""
-
-    def __init__(self, module):
-        self.module, self.calls = module, []
-
-    def __getattr__(self, name):
-        fn = getattr(self.module, name)
-
-        def wrapped(*args):
-            self.calls.append(name)
-            return fn(*args)
-        return wrapped
 
 
 def _inputs(b, p, c, h, w, m, seed=0, spread=1.3):
@@ -39,7 +25,7 @@ def _inputs(b, p, c, h, w, m, seed=0, spread=1.3):
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7, 6, 40), (1, 3, 33, 16, 16, 300), (3, 2, 1, 4, 9, 17),
                                    (1, 3, 32, 64, 64, 2000)])
 def test_kernel_matches_grid_sample(kernel_module, monkeypatch, shape):
-    spy = _Spy(kernel_module)
+    spy = KernelSpy(kernel_module)
     monkeypatch.setattr(plane_sample._plugin, "_module", spy)
     planes, grid = _inputs(*shape)
     planes.requires_grad_(True)
@@ -115,7 +101,7 @@ def test_far_and_nan_points_sample_zero(kernel_module):
 
 
 def test_grid_that_needs_gradient_uses_the_reference_path(kernel_module, monkeypatch):
-    spy = _Spy(kernel_module)
+    spy = KernelSpy(kernel_module)
     monkeypatch.setattr(plane_sample._plugin, "_module", spy)
     planes, grid = _inputs(1, 3, 3, 6, 6, 20, spread=0.8)
     grid.requires_grad_(True)
@@ -126,7 +112,7 @@ def test_grid_that_needs_gradient_uses_the_reference_path(kernel_module, monkeyp
 
 
 def test_reference_path_for_other_dtypes_and_impl_ref(kernel_module, monkeypatch):
-    spy = _Spy(kernel_module)
+    spy = KernelSpy(kernel_module)
     monkeypatch.setattr(plane_sample._plugin, "_module", spy)
     planes, grid = _inputs(1, 3, 2, 5, 5, 10)
     out64 = plane_sample.sample_mean(planes.double(), grid.double())
@@ -161,7 +147,7 @@ def cuda_spy(monkeypatch):
     """The built CUDA plugin behind a spy (a build failure on a GPU machine fails the test)."""
     module = plane_sample._cuda_plugin.get()
     assert module is not None, f"plane_sample CUDA plugin did not build: {plane_sample._cuda_plugin.failed_reason}"
-    spy = _Spy(module)
+    spy = KernelSpy(module)
     monkeypatch.setattr(plane_sample._cuda_plugin, "_module", spy)
     return spy
 

@@ -1,4 +1,4 @@
-"""Tiny data sets and training options shared by the training and loss tests."""
+"""Tiny data sets and training options shared by the training and loss tests, and a spy for compiled kernels."""
 
 from __future__ import annotations
 
@@ -34,3 +34,19 @@ def tiny_options(data: Path, **overrides) -> EasyDict:
     opts.update(overrides)
     opts.batch_gpu = opts.batch_gpu or opts.batch
     return opts
+
+
+class KernelSpy:
+    """Wraps a compiled module and records the names of the functions called on it (proves that
+    a kernel, not a fallback, ran)."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+
+        def wrapped(*args):
+            self.calls.append(name)
+            return fn(*args)
+        return wrapped
