@@ -8,7 +8,6 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
-import torch.nn.functional as F
 
 from torch_utils.ops import grid_sample_gradfix, mlp, plane_sample
 from training.networks_common import resize_image
