@@ -73,6 +73,45 @@ def test_epilogue_matches_fma_then_bias_act(kernel_calls, shape, channels_last, 
     assert kernel_calls == ["epilogue_forward", "epilogue_backward"]
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("with_skip", [True, False])
+@pytest.mark.parametrize("clamp", [0.5, None])
+def test_skip_epilogue_matches_bias_act_plus_skip(kernel_calls, shape, channels_last, with_skip, clamp):
+    t = _tensors(shape, channels_last, seed=4)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    skip0 = torch.randn(shape).contiguous(memory_format=layout) if with_skip else None
+    results = []
+    for dtype, impl in ((torch.float32, None), (torch.float64, "ref")):
+        x, b = (t[k].to(dtype).requires_grad_(True) for k in ("x", "bias"))
+        skip = None if skip0 is None else skip0.to(dtype).requires_grad_(True)
+        y = modulate.skip_epilogue(x, b, skip, clamp=clamp, impl=impl)
+        inputs = [x, b] + ([skip] if with_skip else [])
+        results.append([y, *torch.autograd.grad(y, inputs, t["g"].to(dtype))])
+    assert results[0][0].stride() == t["x"].stride()
+    if clamp is not None:  # some of x + b lie beyond the clamp, so the mask is exercised
+        assert 0 < (results[1][1] == 0).double().mean() < 1
+    for got, want in zip(*results):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.double() / scale, want / scale, rtol=1e-5, atol=1e-5)
+    assert kernel_calls[0] == "skip_epilogue_forward"
+    assert ("skip_epilogue_backward" in kernel_calls) == (clamp is not None)
+
+
+def test_skip_epilogue_of_other_layouts_and_dtypes_uses_torch_ops(kernel_calls):
+    """A skip image laid out unlike x, or float16 x (a CUDA fp16 block's conv output), takes
+    bias_act and a separate sum, which has the skip image's dtype and layout."""
+    t = _tensors((2, 3, 6, 6), True, seed=5)
+    skip = torch.randn(2, 3, 6, 6)  # NCHW, x is channels-last
+    y = modulate.skip_epilogue(t["x"], t["bias"], skip, clamp=1.0)
+    torch.testing.assert_close(y, (t["x"] + t["bias"].reshape(1, -1, 1, 1)).clamp(-1, 1) + skip)
+    y16 = modulate.skip_epilogue(t["x"].half(), t["bias"], skip, clamp=1.0)
+    assert y.is_contiguous() and y16.dtype == torch.float32 and y16.is_contiguous()
+    assert not [name for name in kernel_calls if name.startswith("skip_epilogue")]
+    with pytest.raises(ValueError, match="skip must have x's shape"):
+        modulate.skip_epilogue(t["x"], t["bias"], skip[:, :2], clamp=1.0)
+
+
 def test_kernels_are_bitwise_reproducible_across_thread_counts(kernel_calls):
     t = _tensors((2, 32, 48, 48), True, seed=2)
     before, results = torch.get_num_threads(), []
@@ -81,6 +120,7 @@ def test_kernels_are_bitwise_reproducible_across_thread_counts(kernel_calls):
             torch.set_num_threads(threads)
             x, s, d, z, b = (t[k].clone().requires_grad_(True) for k in ("x", "s", "d", "noise", "bias"))
             y = modulate.modulated_epilogue(modulate.scale_channels(x, s), d, z, b, act="lrelu", gain=1.4, clamp=1.0)
+            y = modulate.skip_epilogue(y, b, None, clamp=0.5)
             results.append(torch.autograd.grad(y, [x, s, d, z, b], t["g"]))
     finally:
         torch.set_num_threads(before)

@@ -244,7 +244,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     weight, styles = _prescale_for_fp16(x, weight, styles, demodulate)
     w = weight.unsqueeze(0) * styles.reshape(batch, 1, in_ch, 1, 1)  # [B, O, I, k, k]
     if demodulate:
-        w = w * _demodulation_coefficients(w).reshape(batch, -1, 1, 1, 1)
+        w = w * _demodulation_coefficients(weight, styles).reshape(batch, -1, 1, 1, 1)
     x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, in_ch, kh, kw)
     x = conv2d_resample.conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
@@ -267,7 +267,7 @@ def modulated_conv2d_parts(x: torch.Tensor, weight: torch.Tensor, styles: torch.
     weight, styles = _prescale_for_fp16(x, weight, styles, demodulate)
     dcoefs = None
     if demodulate:
-        dcoefs = _demodulation_coefficients(weight.unsqueeze(0) * styles.reshape(batch, 1, in_ch, 1, 1))
+        dcoefs = _demodulation_coefficients(weight, styles)
     x = modulate.scale_channels(x, styles.to(x.dtype))
     x = conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down,
                                         padding=padding, flip_weight=flip_weight)
@@ -285,9 +285,13 @@ def _prescale_for_fp16(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tens
     return weight, styles
 
 
-def _demodulation_coefficients(w: torch.Tensor) -> torch.Tensor:
-    """1 / norm of each modulated kernel: w [B,O,I,k,k] -> [B,O]."""
-    return (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+def _demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """1 / norm of each modulated kernel weight[o] * styles[b]: [O,I,k,k], [B,I] -> [B,O].
+
+    sum_{i,k} (w[o,i,k] s[b,i])^2 = sum_i s[b,i]^2 sum_k w[o,i,k]^2: one [B,I] x [I,O] product
+    instead of squaring and summing the [B,O,I,k,k] modulated kernels (and their gradient).
+    """
+    return (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
 
 
 class SynthesisLayer(nn.Module):
@@ -363,11 +367,13 @@ class ToRGBLayer(nn.Module):
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size ** 2)
         self.padding = kernel_size // 2
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True,
+                skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The layer's output, plus ``skip`` if given (summed in the same pass, in skip's dtype and layout)."""
         styles = self.affine(w) * self.weight_gain  # without demodulation the fan-in scaling goes here
         x = modulated_conv2d(x, self.weight, styles, padding=self.padding, demodulate=False,
                              fused_modconv=fused_modconv)
-        return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+        return modulate.skip_epilogue(x, self.bias, skip, clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}"
@@ -444,15 +450,13 @@ class SynthesisBlock(nn.Module):
         skip_format = misc.activation_memory_format(ws.device, torch.float32) \
             if self.img_channels >= _WIDE_SKIP_CHANNELS else torch.contiguous_format
         keep_input = skip_format == memory_format or self.torgb.out_channels < self.torgb.in_channels
-        y = self.torgb(x if keep_input else x.contiguous(memory_format=skip_format), next(w_iter),
-                       fused_modconv=fused_modconv)
-        y = y.to(dtype=torch.float32, memory_format=skip_format)
         if img is not None:
             misc.assert_shape(img, [None, self.img_channels, in_res, in_res])
             if self.up == 2:
                 img = upfirdn2d.upsample2d(img, self.resample_filter)
-            y = img + y
-        return x, y
+        y = self.torgb(x if keep_input else x.contiguous(memory_format=skip_format), next(w_iter),
+                       fused_modconv=fused_modconv, skip=img)
+        return x, y.to(dtype=torch.float32, memory_format=skip_format)
 
     def extra_repr(self) -> str:
         return f"resolution={self.resolution}, up={self.up}, architecture=skip, use_fp16={self.use_fp16}"

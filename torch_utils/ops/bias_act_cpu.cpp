@@ -22,37 +22,59 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per task: big enough to hide thread start-up
 
+// The activation's kind (0 linear, 1 relu, 2 lrelu) and whether it clamps are compile-time
+// template arguments, so that GCC vectorises every loop below (selects become blends). With
+// run-time branches in the element function the loops stayed scalar, and the clamped forward
+// took twice as long as the unclamped one.
 struct Act {
-    int kind;      // 0 linear, 1 relu, 2 lrelu
-    float alpha;   // lrelu slope
+    float alpha;  // lrelu slope
     float gain;
-    float clamp;   // < 0: none
-
-    inline float forward(float v) const {
-        v *= gain;
-        if (kind == 1) v = v > 0.f ? v : 0.f;
-        else if (kind == 2) v = v > 0.f ? v : v * alpha;
-        if (clamp >= 0.f) v = std::min(std::max(v, -clamp), clamp);
-        return v;
-    }
-    inline float grad(float g, float y) const {
-        float slope = gain;
-        if (kind == 1) slope = y > 0.f ? gain : 0.f;
-        else if (kind == 2) slope = y > 0.f ? gain : gain * alpha;
-        if (clamp >= 0.f && !(y > -clamp && y < clamp)) slope = 0.f;
-        return g * slope;
-    }
+    float clamp;  // used only when the kernel is instantiated with clamping
 };
 
+template <int K, bool CLAMP>
+inline float act_forward(float v, const Act& a) {
+    v *= a.gain;
+    if (K == 1) v = v > 0.f ? v : 0.f;
+    if (K == 2) v = v > 0.f ? v : v * a.alpha;
+    if (CLAMP) v = std::min(std::max(v, -a.clamp), a.clamp);
+    return v;
+}
+
+template <int K, bool CLAMP>
+inline float act_grad(float g, float y, const Act& a) {
+    float slope = a.gain;
+    if (K == 1) slope = y > 0.f ? a.gain : 0.f;
+    if (K == 2) slope = y > 0.f ? a.gain : a.gain * a.alpha;
+    if (CLAMP) slope = (y > -a.clamp && y < a.clamp) ? slope : 0.f;
+    return g * slope;
+}
+
+// Calls body with std::integral_constant values for (kind, clamp).
+template <typename F>
+void dispatch(int64_t kind, bool clamp, F body) {
+    using I0 = std::integral_constant<int, 0>;
+    using I1 = std::integral_constant<int, 1>;
+    using I2 = std::integral_constant<int, 2>;
+    using T = std::true_type;
+    using N = std::false_type;
+    if (kind == 0) clamp ? body(I0(), T()) : body(I0(), N());
+    else if (kind == 1) clamp ? body(I1(), T()) : body(I1(), N());
+    else clamp ? body(I2(), T()) : body(I2(), N());
+}
+
+template <int K, bool CLAMP>
 void forward_kernel(const float* x, const float* b, float* y, int64_t n, int64_t C, int64_t inner, const Act& a) {
     if (b == nullptr) {
         at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
-            for (int64_t i = i0; i < i1; ++i) y[i] = a.forward(x[i]);
+#pragma omp simd
+            for (int64_t i = i0; i < i1; ++i) y[i] = act_forward<K, CLAMP>(x[i], a);
         });
     } else if (inner == 1) {  // channels-last: rows of C
         const int64_t rows = n / C;
@@ -60,7 +82,8 @@ void forward_kernel(const float* x, const float* b, float* y, int64_t n, int64_t
             for (int64_t r = r0; r < r1; ++r) {
                 const float* xr = x + r * C;
                 float* yr = y + r * C;
-                for (int64_t c = 0; c < C; ++c) yr[c] = a.forward(xr[c] + b[c]);
+#pragma omp simd
+                for (int64_t c = 0; c < C; ++c) yr[c] = act_forward<K, CLAMP>(xr[c] + b[c], a);
             }
         });
     } else {  // blocks of `inner` elements share channel (block % C)
@@ -70,15 +93,18 @@ void forward_kernel(const float* x, const float* b, float* y, int64_t n, int64_t
                 const float bias = b[k % C];
                 const float* xk = x + k * inner;
                 float* yk = y + k * inner;
-                for (int64_t j = 0; j < inner; ++j) yk[j] = a.forward(xk[j] + bias);
+#pragma omp simd
+                for (int64_t j = 0; j < inner; ++j) yk[j] = act_forward<K, CLAMP>(xk[j] + bias, a);
             }
         });
     }
 }
 
+template <int K, bool CLAMP>
 void grad_kernel(const float* g, const float* y, float* dx, int64_t n, const Act& a) {
     at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) dx[i] = a.grad(g[i], y[i]);
+#pragma omp simd
+        for (int64_t i = i0; i < i1; ++i) dx[i] = act_grad<K, CLAMP>(g[i], y[i], a);
     });
 }
 
@@ -89,8 +115,8 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tens
                            double alpha, double gain, double clamp) {
     TORCH_CHECK(act_index >= 0 && act_index <= 2, "bias_act_cpu: act_index must be 0 (linear), 1 (relu) or 2 (lrelu)");
     TORCH_CHECK(gain > 0, "bias_act_cpu: gain must be positive, got ", gain);
-    const Act a{static_cast<int>(act_index), static_cast<float>(alpha), static_cast<float>(gain),
-                static_cast<float>(clamp)};
+    const Act a{static_cast<float>(alpha), static_cast<float>(gain), static_cast<float>(clamp)};
+    const bool clamps = clamp >= 0;
     if (mode == 0) {
         TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "bias_act_cpu: x must be a float32 CPU tensor");
         TORCH_CHECK(x.is_non_overlapping_and_dense(), "bias_act_cpu: x must be dense (contiguous or channels-last)");
@@ -101,8 +127,11 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tens
                         "bias_act_cpu: b must be a contiguous float32 vector of x.size(dim) elements");
         }
         const int64_t C = has_b ? x.size(dim) : 1, inner = has_b ? x.stride(dim) : 1;
-        forward_kernel(x.data_ptr<float>(), has_b ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(),
-                       x.numel(), C, inner, a);
+        dispatch(act_index, clamps, [&](auto kind, auto clamped) {
+            forward_kernel<decltype(kind)::value, decltype(clamped)::value>(
+                x.data_ptr<float>(), has_b ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(), x.numel(), C,
+                inner, a);
+        });
         return out;
     }
     TORCH_CHECK(mode == 2, "bias_act_cpu: mode must be 0 (forward) or 2 (gradient from y), got ", mode);
@@ -111,7 +140,10 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tens
     TORCH_CHECK(y.is_non_overlapping_and_dense() && g.strides() == y.strides() && g.sizes() == y.sizes(),
                 "bias_act_cpu: y must be dense and g must have y's sizes and strides");
     auto dx = at::empty_like(y);
-    grad_kernel(g.data_ptr<float>(), y.data_ptr<float>(), dx.data_ptr<float>(), y.numel(), a);
+    dispatch(act_index, clamps, [&](auto kind, auto clamped) {
+        grad_kernel<decltype(kind)::value, decltype(clamped)::value>(g.data_ptr<float>(), y.data_ptr<float>(),
+                                                                      dx.data_ptr<float>(), y.numel(), a);
+    });
     return dx;
 }
 

@@ -5,6 +5,8 @@
 //   channel_dot(a, b)          r[n,c]   = sum_p a[n,c,p] * b[n,c,p]
 //   epilogue_forward           y = clamp(act((x * d[n,c] + noise[n,p] + bias[c]) * gain))
 //   epilogue_backward          from g = dL/dy: dx, dd[n,c], dbias[c], dnoise[n,p]
+//   skip_epilogue_forward      y = clamp(x + bias[c]) + skip     (ToRGB's bias and the skip sum)
+//   skip_epilogue_backward     from g = dL/dy: dx, dbias[c]      (dskip is g itself)
 //
 // x is [N,C,H,W] (p runs over the H*W pixels), dense in NCHW or channels-last memory; all
 // element tensors of one call share that layout. act is linear, relu or lrelu with gain > 0,
@@ -292,9 +294,93 @@ std::vector<at::Tensor> epilogue_backward(const at::Tensor& grad, const at::Tens
     return {dx, dd, db, dnoise};
 }
 
+// skip: x's sizes and strides, or empty (no sum); bias: [C]; clamp < 0: none.
+at::Tensor skip_epilogue_forward(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& skip, double clamp) {
+    const Geometry g = geometry_of(x, "x");
+    const bool has_skip = skip.numel() > 0;
+    if (has_skip) check_same(skip, x, "skip");
+    TORCH_CHECK(bias.is_contiguous() && bias.numel() == g.C && bias.scalar_type() == at::kFloat,
+                "modulate_cpu: bias must be a contiguous float32 [C]");
+    const ActParams a = act_params(0.0, 1.0, clamp);
+    auto y = at::empty_like(x);
+    const std::vector<float> zeros(static_cast<size_t>(std::max(g.C, g.P)), 0.f);  // stands for an absent skip
+    const float* xp = x.data_ptr<float>();
+    const float* bp = bias.data_ptr<float>();
+    const float* sp = has_skip ? skip.data_ptr<float>() : nullptr;
+    float* yp = y.data_ptr<float>();
+    for_blocks(g, [&](int64_t n, int64_t, int64_t p0, int64_t p1) {
+        if (g.channels_last) {
+            for (int64_t p = p0; p < p1; ++p) {
+                const int64_t o = g.at(n, 0, p);
+                const float* sr = has_skip ? sp + o : zeros.data();
+#pragma omp simd
+                for (int64_t c = 0; c < g.C; ++c) yp[o + c] = act_forward<0>(xp[o + c] + bp[c], a) + sr[c];
+            }
+        } else {
+            for (int64_t c = 0; c < g.C; ++c) {
+                const int64_t o = g.at(n, c, 0);
+                const float* sr = has_skip ? sp + o : zeros.data();
+                const float bc = bp[c];
+#pragma omp simd
+                for (int64_t p = p0; p < p1; ++p) yp[o + p] = act_forward<0>(xp[o + p] + bc, a) + sr[p];
+            }
+        }
+    });
+    return y;
+}
+
+// Returns (dx, dbias [C]); x and g share sizes and strides.
+std::vector<at::Tensor> skip_epilogue_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& bias,
+                                                  double clamp) {
+    const Geometry g = geometry_of(x, "x");
+    check_same(grad, x, "grad");
+    TORCH_CHECK(bias.is_contiguous() && bias.numel() == g.C && bias.scalar_type() == at::kFloat,
+                "modulate_cpu: bias must be a contiguous float32 [C]");
+    const ActParams a = act_params(0.0, 1.0, clamp);
+    const int64_t blocks = (g.P + kBlock - 1) / kBlock;
+    auto dx = at::empty_like(x);
+    std::vector<float> part_b(static_cast<size_t>(g.N * blocks * g.C), 0.f);
+    const float* gp = grad.data_ptr<float>();
+    const float* xp = x.data_ptr<float>();
+    const float* bp = bias.data_ptr<float>();
+    float* dxp = dx.data_ptr<float>();
+    for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
+        float* acc_b = part_b.data() + (n * blocks + blk) * g.C;
+        if (g.channels_last) {
+            for (int64_t p = p0; p < p1; ++p) {
+                const int64_t o = g.at(n, 0, p);
+#pragma omp simd
+                for (int64_t c = 0; c < g.C; ++c) {
+                    // Linear with gain 1: the clamp's output is inside (-clamp, clamp) exactly
+                    // when its input is, so the slope can be read from x + b.
+                    const float gz = gp[o + c] * act_slope<0>(xp[o + c] + bp[c], a);
+                    dxp[o + c] = gz;
+                    acc_b[c] += gz;
+                }
+            }
+        } else {
+            for (int64_t c = 0; c < g.C; ++c) {
+                const int64_t o = g.at(n, c, 0);
+                const float bc = bp[c];
+                float sb = 0.f;
+#pragma omp simd reduction(+ : sb)
+                for (int64_t p = p0; p < p1; ++p) {
+                    const float gz = gp[o + p] * act_slope<0>(xp[o + p] + bc, a);
+                    dxp[o + p] = gz;
+                    sb += gz;
+                }
+                acc_b[c] = sb;
+            }
+        }
+    });
+    return {dx, reduce_blocks(part_b, g, blocks).sum(0)};
+}
+
 TORCH_LIBRARY_FRAGMENT(triplane3d_cpu, m) {
     m.def("scale_channels", &scale_channels);  // y = x * s[n,c] (CPU)
     m.def("channel_dot", &channel_dot);  // sum over pixels of a * b per sample and channel (CPU)
     m.def("epilogue_forward", &epilogue_forward);  // act((x * d + noise + bias) * gain), clamped (CPU)
     m.def("epilogue_backward", &epilogue_backward);  // gradients of epilogue_forward (CPU)
+    m.def("skip_epilogue_forward", &skip_epilogue_forward);  // clamp(x + bias) + skip (CPU)
+    m.def("skip_epilogue_backward", &skip_epilogue_backward);  // dx and dbias of skip_epilogue_forward (CPU)
 }

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .sampling import interval_edges
 
-__all__ = ["DENSITY_ACTIVATIONS", "activate_density", "composite"]
+__all__ = ["DENSITY_ACTIVATIONS", "activate_density", "ray_weights", "composite"]
 
 DENSITY_ACTIVATIONS = ("softplus", "relu", "exp", "none")
 
@@ -31,6 +31,22 @@ def activate_density(raw: torch.Tensor, activation: str = "softplus") -> torch.T
     if activation == "none":
         return raw.clamp_min(0.0)
     raise ValueError(f"density_activation must be one of {DENSITY_ACTIVATIONS}, got {activation!r}")
+
+
+def ray_weights(depths: torch.Tensor, densities: torch.Tensor, near: torch.Tensor, far: torch.Tensor,
+                density_activation: str = "softplus", density_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The compositing weights [R,S] of sorted samples (see `composite`; arguments as there).
+
+    Alone, it is what importance sampling needs from the coarse pass.
+    """
+    raw = densities if density_noise is None else densities + density_noise
+    sigma = activate_density(raw, density_activation)[..., 0]
+    edges = interval_edges(depths, near, far)
+    deltas = (edges[..., 1:] - edges[..., :-1]).clamp_min(0.0)
+    tau = sigma * deltas
+    # Transmittance from an exclusive cumulative sum of optical depth: stabler than cumprod(1-alpha).
+    before = torch.cumsum(tau, dim=-1) - tau
+    return (1.0 - torch.exp(-tau)) * torch.exp(-before)
 
 
 def composite(
@@ -58,14 +74,7 @@ def composite(
     With ``white_back`` every feature channel gets + (1 - opacity): white is +1 for images
     in [-1, 1], the GAN's range.
     """
-    raw = densities if density_noise is None else densities + density_noise
-    sigma = activate_density(raw, density_activation)[..., 0]
-    edges = interval_edges(depths, near, far)
-    deltas = (edges[..., 1:] - edges[..., :-1]).clamp_min(0.0)
-    tau = sigma * deltas
-    # Transmittance from an exclusive cumulative sum of optical depth: stabler than cumprod(1-alpha).
-    before = torch.cumsum(tau, dim=-1) - tau
-    weights = (1.0 - torch.exp(-tau)) * torch.exp(-before)
+    weights = ray_weights(depths, densities, near, far, density_activation, density_noise)
     opacity = weights.sum(-1, keepdim=True)
     feat = (weights[..., None] * features).sum(-2)
     eps = 1e-10

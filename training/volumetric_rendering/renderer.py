@@ -9,7 +9,7 @@ from torch import nn
 
 from .bounds import ray_bounds
 from .cameras import Cameras, _resolution, generate_rays
-from .ray_marcher import DENSITY_ACTIVATIONS, composite
+from .ray_marcher import DENSITY_ACTIVATIONS, composite, ray_weights
 from .sampling import importance_depths, stratified_depths
 
 __all__ = ["Field", "VolumeRenderer"]
@@ -176,6 +176,7 @@ class VolumeRenderer(nn.Module):
 
     def _render_chunk(self, field, origins, dirs, near, far, rnd, nc, nf) -> Dict[str, torch.Tensor]:
         noise = rnd.get("noise")
+        n, r = origins.shape[:2]
         coarse = stratified_depths(near, far, nc, rnd.get("coarse_jitter"))
         if nf == 0:
             sigma_c, feat_c = self._query(field, origins, dirs, coarse)
@@ -185,7 +186,9 @@ class VolumeRenderer(nn.Module):
         with torch.no_grad():  # the coarse pass only places the fine samples when grads are on
             sigma_c, feat_c = self._query(field, origins, dirs, coarse)
         noise_c = None if noise is None else noise[:, :, :nc]
-        weights_c = self._composite(coarse, sigma_c, feat_c, near, far, noise_c)["weights"]
+        weights_c = ray_weights(coarse.reshape(n * r, nc), sigma_c.reshape(n * r, nc, 1), near.reshape(n * r, 1),
+                                far.reshape(n * r, 1), self.density_activation,
+                                None if noise_c is None else noise_c.reshape(n * r, nc, 1)).reshape(n, r, nc)
         fine = importance_depths(coarse, weights_c.detach(), near, far, nf, rnd.get("fine_jitter"),
                                  self.pdf_floor, self.pdf_blur)
         depths, order = torch.sort(torch.cat([coarse, fine], dim=-1), dim=-1, stable=True)
