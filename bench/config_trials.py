@@ -16,8 +16,10 @@ GPU waiting on kernel launches, so several share one well (the demo: eight on on
 at about 70 images/s against 111 alone). Then, for every trial that wrote a snapshot:
 OUTDIR/grid_NAME.png (rows: classes x --seeds seeds; columns: 4 views at yaw 0/90/180/270,
 pitch 15) and, with a synthetic data set, the within-class statistics of bench/diversity.py.
-A summary table ends the output. Judge shapes on the grids: the statistics say how varied and
-how solid the samples are, not whether a box is a box.
+A summary table ends the output. Judge shapes on the grids; the statistics say how varied and
+how solid the samples are, and "shape" is bench/diversity.py's silhouette margin (own class
+minus other classes, next to the data's in the first line): a class whose margin is at or
+below zero, such as boxes rendered as blobs, has lost its shape.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from diversity import fake_stats, real_stats  # noqa: E402
+from diversity import data_shape_match, fake_stats, real_silhouettes, real_stats, shape_match  # noqa: E402
 from training import gen_utils  # noqa: E402
 from training.options import load_config, to_plain  # noqa: E402
 from training.snapshot import find_snapshot, load_network  # noqa: E402
@@ -119,8 +121,8 @@ def eval_grid(G, meta, seeds: int, path: Path) -> None:
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
-def evaluate(args, name: str) -> str:
-    """The grid and a one-line summary of a finished trial."""
+def evaluate(args, name: str, reals: Optional[Dict[int, torch.Tensor]]) -> str:
+    """The grid and a one-line summary of a finished trial (with silhouettes of the data: shape margins too)."""
     try:
         snapshot = find_snapshot(args.outdir / name)
     except (FileNotFoundError, ValueError) as exc:
@@ -129,22 +131,36 @@ def evaluate(args, name: str) -> str:
     eval_grid(G, meta, args.seeds, args.outdir / f"grid_{name}.png")
     cells = []
     for k in range(G.c_dim):
-        colours, _, solid = fake_stats(G, k, args.samples)
-        cells.append(f"{meta['classes'][k]['name'][:8]}: colour std {colours.std(0).mean():.3f} opaque {solid:.2f}")
+        colours, _, solid, fakes = fake_stats(G, k, args.samples)
+        cell = f"{meta['classes'][k]['name'][:8]}: colour std {colours.std(0).mean():.3f} opaque {solid:.2f}"
+        if reals is not None and k in reals:
+            own, other = shape_match(fakes, k, reals)
+            cell += f" shape {own - other:+.3f}"
+        cells.append(cell)
     return f"{name:12s} {snapshot.name}  " + " | ".join(cells)
 
 
-def real_line(args) -> str:
-    """The same statistics of the data, when it is a synthetic set (ground-truth masks)."""
+def load_data(args):
+    """(data set, ground truth, real silhouettes per class) of a synthetic --data, else Nones."""
     from training.dataset import ImageDataset
     from training.synthetic import load_ground_truth
 
     try:
         ds, gt = ImageDataset(args.data), load_ground_truth(args.data)
     except (FileNotFoundError, KeyError, ValueError):
+        return None, None, None
+    return ds, gt, real_silhouettes(ds, 400)
+
+
+def real_line(args, ds, gt, reals) -> str:
+    """The same statistics of the data, when it is a synthetic set (ground-truth masks)."""
+    if ds is None:
         return "data: not a synthetic set (no ground truth), no real statistics"
-    classes = sorted({ds.get_label(i) for i in range(len(ds))})
-    cells = [f"class {k}: colour std {real_stats(ds, gt, k, args.samples)[0].std(0).mean():.3f}" for k in classes]
+    cells = []
+    for k in sorted(reals):
+        own, other = data_shape_match(k, reals, args.samples)
+        cells.append(f"class {k}: colour std {real_stats(ds, gt, k, args.samples)[0].std(0).mean():.3f} "
+                     f"shape {own - other:+.3f}")
     return "data         " + " | ".join(cells)
 
 
@@ -173,8 +189,9 @@ def main() -> None:
     if not args.eval_only:
         run_trials(args, trials)
     torch.set_num_threads(max(1, args.threads))
-    lines = [evaluate(args, name) for name, _ in trials]
-    print("\n".join([real_line(args)] + lines))
+    ds, gt, reals = load_data(args)
+    lines = [evaluate(args, name, reals) for name, _ in trials]
+    print("\n".join([real_line(args, ds, gt, reals)] + lines))
 
 
 if __name__ == "__main__":

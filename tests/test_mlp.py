@@ -65,6 +65,29 @@ def test_extreme_inputs_stay_finite_and_match(spy):
     torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-7)
 
 
+def test_denormals_are_flushed_inside_the_kernel_only(spy):
+    """Far-negative pre-activations give hidden values and slopes below the smallest normal float
+    (exp(-100) = 3.7e-44): the kernel flushes them to zero (they cost a microcode assist each),
+    which leaves the outputs and gradients as the reference's; and the calling thread's float
+    mode is restored afterwards, so torch ops outside still keep denormals."""
+    tiny = torch.finfo(torch.float32).tiny
+    weights = [torch.eye(16), torch.eye(16), torch.ones(1, 16)]
+    biases = [torch.full((16,), -100.0), torch.zeros(16), torch.zeros(1)]
+    x = torch.randn(256, 16).requires_grad_(True)
+    out = mlp.softplus_mlp(x, weights, biases)
+    (gx,) = torch.autograd.grad(out.sum(), x)
+    ref = mlp.softplus_mlp_ref(x, weights, biases)
+    (ref_gx,) = torch.autograd.grad(ref.sum(), x)
+    assert spy.calls == ["mlp_softplus_forward", "mlp_softplus_backward"]
+    # The exact input gradient is sigmoid(h) * sigmoid(x - 100) ~ exp(x - 100) / 2: denormal.
+    exact = torch.sigmoid(x.detach().double() - 100) / 2
+    assert 0 < exact.max() < tiny
+    assert torch.count_nonzero(gx) == 0  # the kernel's are flushed
+    torch.testing.assert_close(gx, ref_gx, rtol=0, atol=tiny)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert (torch.tensor([tiny]) / 16).item() > 0  # this thread's denormals survive the kernel
+
+
 def test_input_without_gradient_skips_dx(spy):
     weights, biases = _params([8, 16, 4])
     x = torch.randn(100, 8)

@@ -14,6 +14,12 @@
 // so a 4 x 64 block of sums stays in registers. exp and log1p are polynomial (float error
 // about 1e-7 relative), vectorised like the rest.
 //
+// Denormal floats are flushed to zero inside the kernel (FTZ/DAZ in each thread's MXCSR, restored
+// after). A trained decoder has pre-activations beyond -80, where exp() and then the log1p
+// series and the backward's products underflow; each denormal operand or result costs a
+// microcode assist, and one demo run's decoder became 20x slower (1.07 s per G+D step of 1.47
+// s). Flushing changes values by less than 1.2e-38.
+//
 // Reproducible: the points are cut into fixed blocks; each block's weight and bias gradients
 // go to its own buffer, summed in block order at the end, whatever the thread count.
 
@@ -23,12 +29,27 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <xmmintrin.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 namespace {
+
+// Sets flush-to-zero and denormals-are-zero for the calling thread while in scope.
+class FlushDenormals {
+public:
+    FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFtz | kDaz); }
+    ~FlushDenormals() { _mm_setcsr(saved_); }
+    FlushDenormals(const FlushDenormals&) = delete;
+    FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+private:
+    static constexpr unsigned kFtz = 0x8000, kDaz = 0x0040;
+    unsigned saved_;
+};
 
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
@@ -280,6 +301,7 @@ at::Tensor mlp_softplus_forward(const at::Tensor& x, std::vector<at::Tensor> wei
     float* op = out.data_ptr<float>();
     const int64_t tiles = (P + kTile - 1) / kTile;
     at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
+        FlushDenormals flush;
         TileBuffers t(layers.size());
         for (int64_t ti = t0; ti < t1; ++ti) {
             const int64_t p0 = ti * kTile, rows = std::min<int64_t>(kTile, P - p0);
@@ -317,6 +339,7 @@ std::vector<at::Tensor> mlp_softplus_backward(const at::Tensor& grad_out, const 
     float* dxp = need_dx ? dx.data_ptr<float>() : nullptr;
     const size_t nl = layers.size();
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+        FlushDenormals flush;
         TileBuffers t(nl);
         std::vector<float> g(kTile * kMaxWidth), ga(kTile * kMaxWidth);
         for (int64_t blk = b0; blk < b1; ++blk) {
