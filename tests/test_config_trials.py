@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+# Appended, not prepended: bench/train.py must not shadow the top-level train.py for later tests.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
 
 from config_trials import read_trials, write_config  # noqa: E402
 

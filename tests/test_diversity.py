@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+# Appended, not prepended: bench/train.py must not shadow the top-level train.py for later tests.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
 
 from diversity import data_shape_match, nearest_iou, shape_match, silhouettes  # noqa: E402
 
