@@ -62,6 +62,11 @@ void check_nc(const at::Tensor& s, const Geometry& g, const char* what) {
                 "], got ", s.sizes());
 }
 
+void check_bias(const at::Tensor& bias, const Geometry& g) {
+    TORCH_CHECK(bias.is_contiguous() && bias.numel() == g.C && bias.scalar_type() == at::kFloat,
+                "modulate_cpu: bias must be a contiguous float32 [C]");
+}
+
 // The activation as a compile-time kind (0 linear, 1 relu, 2 lrelu), so the inner loops
 // vectorise without branches; no clamp is an infinite one.
 struct ActParams {
@@ -299,8 +304,7 @@ at::Tensor skip_epilogue_forward(const at::Tensor& x, const at::Tensor& bias, co
     const Geometry g = geometry_of(x, "x");
     const bool has_skip = skip.numel() > 0;
     if (has_skip) check_same(skip, x, "skip");
-    TORCH_CHECK(bias.is_contiguous() && bias.numel() == g.C && bias.scalar_type() == at::kFloat,
-                "modulate_cpu: bias must be a contiguous float32 [C]");
+    check_bias(bias, g);
     const ActParams a = act_params(0.0, 1.0, clamp);
     auto y = at::empty_like(x);
     const std::vector<float> zeros(static_cast<size_t>(std::max(g.C, g.P)), 0.f);  // stands for an absent skip
@@ -334,8 +338,7 @@ std::vector<at::Tensor> skip_epilogue_backward(const at::Tensor& grad, const at:
                                                   double clamp) {
     const Geometry g = geometry_of(x, "x");
     check_same(grad, x, "grad");
-    TORCH_CHECK(bias.is_contiguous() && bias.numel() == g.C && bias.scalar_type() == at::kFloat,
-                "modulate_cpu: bias must be a contiguous float32 [C]");
+    check_bias(bias, g);
     const ActParams a = act_params(0.0, 1.0, clamp);
     const int64_t blocks = (g.P + kBlock - 1) / kBlock;
     auto dx = at::empty_like(x);
