@@ -35,9 +35,8 @@ def activate_density(raw: torch.Tensor, activation: str = "softplus") -> torch.T
 
 def ray_weights(depths: torch.Tensor, densities: torch.Tensor, near: torch.Tensor, far: torch.Tensor,
                 density_activation: str = "softplus", density_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The compositing weights [R,S] of sorted samples (see `composite`; arguments as there).
-
-    Alone, it is what importance sampling needs from the coarse pass.
+    """The compositing weights [...,S] of sorted samples (see `composite`; arguments as there, with
+    any leading dimensions). Alone, it is what importance sampling needs from the coarse pass.
     """
     raw = densities if density_noise is None else densities + density_noise
     sigma = activate_density(raw, density_activation)[..., 0]

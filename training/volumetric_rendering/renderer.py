@@ -176,7 +176,6 @@ class VolumeRenderer(nn.Module):
 
     def _render_chunk(self, field, origins, dirs, near, far, rnd, nc, nf) -> Dict[str, torch.Tensor]:
         noise = rnd.get("noise")
-        n, r = origins.shape[:2]
         coarse = stratified_depths(near, far, nc, rnd.get("coarse_jitter"))
         if nf == 0:
             sigma_c, feat_c = self._query(field, origins, dirs, coarse)
@@ -186,9 +185,7 @@ class VolumeRenderer(nn.Module):
         with torch.no_grad():  # the coarse pass only places the fine samples when grads are on
             sigma_c, feat_c = self._query(field, origins, dirs, coarse)
         noise_c = None if noise is None else noise[:, :, :nc]
-        weights_c = ray_weights(coarse.reshape(n * r, nc), sigma_c.reshape(n * r, nc, 1), near.reshape(n * r, 1),
-                                far.reshape(n * r, 1), self.density_activation,
-                                None if noise_c is None else noise_c.reshape(n * r, nc, 1)).reshape(n, r, nc)
+        weights_c = ray_weights(coarse, sigma_c, near, far, self.density_activation, noise_c)
         fine = importance_depths(coarse, weights_c.detach(), near, far, nf, rnd.get("fine_jitter"),
                                  self.pdf_floor, self.pdf_blur)
         depths, order = torch.sort(torch.cat([coarse, fine], dim=-1), dim=-1, stable=True)
