@@ -219,3 +219,38 @@ def test_discard_fakes_drops_what_no_d_phase_took():
     loss.accumulate_gradients("D_main", torch.zeros(2, 3, 8, 8), torch.eye(2), torch.zeros(2, 3), torch.eye(2),
                               gain=1, cur_nimg=0)
     assert G.calls == 2  # nothing was kept, so D generated its own
+
+
+class RecordingD(torch.nn.Module):
+    def forward(self, img, c, update_emas=False):
+        self.seen = {k: v.detach().clone() for k, v in img.items()}
+        return img["image"].mean(dim=[1, 2, 3])[:, None]
+
+
+def _truncated_gaussian_variance(sigma: float) -> float:
+    """Variance along one axis of the blur kernel: a Gaussian cut at 2 sigma, sampled at integers."""
+    radius = int(torch.tensor(2 * sigma).ceil())
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return float((t.square() * k).sum() / k.sum())
+
+
+def _spread(img: torch.Tensor) -> float:
+    """Variance along x of an image taken as a distribution of mass over pixel columns."""
+    mass = img[0, 0].sum(0).double()
+    x = torch.arange(mass.numel(), dtype=torch.float64)
+    mean = (x * mass).sum() / mass.sum()
+    return float(((x - mean).square() * mass).sum() / mass.sum())
+
+
+def test_blur_sigma_is_in_final_image_pixels_and_scaled_for_the_raw_render():
+    # An impulse at both resolutions: the image is blurred by sigma, the 4x smaller raw render
+    # by sigma / 4, i.e. the same blur in scene units.
+    loss = TriPlaneGANLoss(StubG(), RecordingD(), density_reg=0)
+    image, raw = torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 8, 8)
+    image[..., 16, 16], raw[..., 4, 4] = 1, 1
+    loss.discriminate(dict(image=image, image_raw=raw), torch.zeros(1, 2), blur_sigma=4.0)
+    seen = loss.D.seen
+    assert abs(_spread(seen["image"]) - _truncated_gaussian_variance(4.0)) < 1e-4
+    assert abs(_spread(seen["image_raw"]) - _truncated_gaussian_variance(1.0)) < 1e-4
+    assert abs(seen["image"].sum() - 3) < 1e-4 and abs(seen["image_raw"].sum() - 3) < 1e-4

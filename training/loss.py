@@ -89,7 +89,8 @@ class TriPlaneGANLoss:
             plain background (the synthetic sets), where a small model otherwise learns
             semi-transparent shells that the super-resolution paints over.
         style_mixing_prob: probability of mixing the ws of two latents at a random cut.
-        blur_init_sigma, blur_fade_kimg: blur of D's inputs, fading linearly to zero.
+        blur_init_sigma, blur_fade_kimg: blur of D's inputs, fading linearly to zero; sigma in
+            pixels of the final image (the raw render's blur is scaled to its resolution).
         schedule: when to switch to multi-view discrimination and with how many views.
         dual_discrimination: feed D the raw neural render beside the image (fakes) and a
             resized copy of the real image in its place (reals).
@@ -152,7 +153,10 @@ class TriPlaneGANLoss:
 
     def discriminate(self, img: Dict[str, torch.Tensor], c: torch.Tensor, blur_sigma: float,
                      update_emas: bool = False) -> torch.Tensor:
-        images = {k: _blur(v, blur_sigma) for k, v in img.items() if k in ("image", "image_raw")}
+        # sigma is in pixels of the final image; the raw render gets the same blur in scene terms.
+        full_res = img["image"].shape[-1]
+        images = {k: _blur(v, blur_sigma * v.shape[-1] / full_res) for k, v in img.items()
+                  if k in ("image", "image_raw")}
         if self.augment_pipe is not None:
             images = self._augment(images)
         return self.D(images, c, update_emas=update_emas)
