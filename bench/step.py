@@ -3,6 +3,7 @@
     python bench/step.py --cfg eg3d-small                 # the config's batch, CPU (and GPU if present)
     python bench/step.py --cfg demo --repeats 2           # smoke run
     python bench/step.py --cfg eg3d-small --malloc tuned --traffic   # + bytes allocated per step
+    python bench/step.py --cfg eg3d-small --device cpu --malloc tuned --flops   # + FLOPs and their floor
     python bench/step.py --cfg imagenet100 --device cuda --batch 4 --resolution 256 --profile 25
     python bench/step.py --cfg eg3d-small --device cpu --batch 8 --classes 100
     python bench/step.py --cfg eg3d-small --device cpu --compare --malloc tuned   # layout x reuse
@@ -44,6 +45,10 @@ What is timed (medians over --repeats after --warmup untimed runs):
 * --compare-kernels (CPU): the same for {PyTorch ops, compiled CPU kernels} x {regenerated,
   reused}: the kernels of torch_utils/ops/cpu_kernels.py (tri-plane sampler, modulation,
   bias_act) against the PyTorch paths they replace.
+* --flops: after the timings, the FLOPs of one G+D step (convolutions forward and backward,
+  matmuls; torch.utils.flop_counter), the rate the timed step ran at, and the time those FLOPs
+  take at the speed of a 2048² fp32 matmul measured in the same process: the step's floor for
+  as long as its arithmetic stays the same, however well the memory-bound rest is fused.
 * --profile N: after the timings, one more G+D step under torch.profiler; prints the N ops
   with the most self time (device time on a GPU, CPU time on a CPU).
 * Peak memory: CPU, the peak resident set size seen during the timed runs minus the RSS
@@ -196,6 +201,36 @@ def allocated_bytes(fn: Callable[[], None]) -> int:
                for e in prof.events())
 
 
+def step_flops(fn: Callable[[], None]) -> Dict[str, int]:
+    """FLOPs of one run of fn() by aten op (convolutions, their backward, matmuls), counted by
+    torch.utils.flop_counter (2 per multiply-add; elementwise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return {str(op).split(".")[-1]: int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n x n fp32 matmul on this device, median of `repeats` (the machine's practical peak)."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    times = time_fn(lambda: a @ b, device, repeats, warmup=1)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def print_flops(fn: Callable[[], None], device: torch.device, step_time: float) -> None:
+    """The step's FLOPs, the rate it ran at, and how long they take at the matmul peak: a floor
+    for the step that no fusion of the remaining (memory-bound) work can go below."""
+    flops = step_flops(fn)
+    total = sum(flops.values())
+    peak = matmul_peak(device)
+    parts = ", ".join(f"{op} {n / 1e9:.1f}" for op, n in sorted(flops.items(), key=lambda kv: -kv[1]) if n >= 1e8)
+    print(f"  FLOPs per step        {total / 1e9:8.1f} GFLOP ({parts})")
+    print(f"  at the step's time    {total / step_time / 1e9:8.1f} GFLOP/s; a 2048² matmul here: {peak / 1e9:.1f} GFLOP/s")
+    print(f"  FLOPs at that peak    {total / peak:8.3f} s (the step's floor without fewer FLOPs)")
+
+
 def print_profile(fn: Callable[[], None], device: torch.device, rows: int) -> None:
     """The `rows` ops with the most self time in one run of fn() (device time on CUDA), from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -280,6 +315,8 @@ def bench_device(args, device: torch.device) -> None:
     if args.traffic:
         allocated = allocated_bytes(lambda: gd_step(G, D, inputs, args.reuse_fakes))
         print(f"  allocated per step    {allocated / 2**30:8.1f} GiB")
+    if args.flops:
+        print_flops(lambda: gd_step(G, D, inputs, args.reuse_fakes), device, step)
     if args.profile:
         print(f"  one G+D step under torch.profiler, the {args.profile} ops with the most self time:")
         print_profile(lambda: gd_step(G, D, inputs, args.reuse_fakes), device, args.profile)
@@ -310,6 +347,8 @@ def main() -> None:
                         help="interleave NCHW / channels-last x regenerated / reused fakes (CPU) and print speed-ups")
     parser.add_argument("--compare-kernels", action="store_true",
                         help="interleave PyTorch ops / compiled CPU kernels x regenerated / reused fakes (CPU)")
+    parser.add_argument("--flops", action="store_true",
+                        help="also count the step's FLOPs (untimed) and time them at this device's matmul peak")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the timings, profile one G+D step and print the N ops with the most self time")
     parser.add_argument("--resolution", type=int, default=None,
