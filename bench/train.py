@@ -3,6 +3,7 @@
     python bench/train.py --cfg demo
     python bench/train.py --cfg imagenet100 --batch 2 --steps 3      # reduced batch on a CPU
     python bench/train.py --cfg imagenet100 --multiview              # with 3-view discrimination
+    python bench/train.py --cfg demo --multiview --profile 30        # + the ops that take the time
     python bench/train.py --cfg imagenet100 --multiview --neural-res 128 --batch 8 --batch-gpu 4   # GPU memory
 
 The run uses the config's data set when it exists, otherwise a small synthetic set at the
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--multiview", action="store_true", help="time with multi-view discrimination on")
     parser.add_argument("--resolution", type=int, default=None, help="data resolution if no data set exists")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timed steps, profile --steps more and print the N ops with the most self time")
     args = parser.parse_args()
 
     opts = apply_overrides(load_config(args.cfg), dict(batch=args.batch, neural_res=args.neural_res))
@@ -80,6 +83,9 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
+        if args.profile:
+            _print_profile(lambda: [trainer.step(data_iter) for _ in range(args.steps)], device, args.profile,
+                           args.steps)
     images = args.steps * opts.batch
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
@@ -89,6 +95,20 @@ def main() -> None:
           f"neural render {trainer._neural_res_at(trainer.cur_nimg) or opts.G.neural_res}")
     print(f"sec/kimg {seconds / images * 1000:.1f}  images/s {images / seconds:.2f}  "
           f"s/step {seconds / args.steps:.3f}  peak memory {peak:.2f} GiB")
+
+
+def _print_profile(fn, device: torch.device, rows: int, steps: int) -> None:
+    """The `rows` ops with the most self time over fn() (device time on CUDA), per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])) as prof:
+        fn()
+        if on_cuda:
+            torch.cuda.synchronize(device)
+    print(f"torch.profiler over {steps} training steps (totals, not per step):")
+    sort_by = "self_cuda_time_total" if on_cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
 
 
 def _guess_resolution(data: str) -> int:

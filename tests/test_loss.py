@@ -221,7 +221,9 @@ def test_discard_fakes_drops_what_no_d_phase_took():
     assert G.calls == 2  # nothing was kept, so D generated its own
 
 
-class RecordingD(torch.nn.Module):
+class InputsD(torch.nn.Module):
+    """Scores the mean; keeps copies of every input it saw."""
+
     def forward(self, img, c, update_emas=False):
         self.seen = {k: v.detach().clone() for k, v in img.items()}
         return img["image"].mean(dim=[1, 2, 3])[:, None]
@@ -246,7 +248,7 @@ def _spread(img: torch.Tensor) -> float:
 def test_blur_sigma_is_in_final_image_pixels_and_scaled_for_the_raw_render():
     # An impulse at both resolutions: the image is blurred by sigma, the 4x smaller raw render
     # by sigma / 4, i.e. the same blur in scene units.
-    loss = TriPlaneGANLoss(StubG(), RecordingD(), density_reg=0)
+    loss = TriPlaneGANLoss(StubG(), InputsD(), density_reg=0)
     image, raw = torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 8, 8)
     image[..., 16, 16], raw[..., 4, 4] = 1, 1
     loss.discriminate(dict(image=image, image_raw=raw), torch.zeros(1, 2), blur_sigma=4.0)
