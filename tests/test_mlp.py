@@ -147,12 +147,54 @@ def test_reference_path_where_the_kernel_does_not_apply(spy, case):
     torch.testing.assert_close(out, mlp.softplus_mlp_ref(x, weights, biases))
 
 
+def _squashed(z, start, scale, shift):
+    """The squash written out column by column (independent of the module's reference)."""
+    cols = [z[..., c] if c < start else torch.sigmoid(z[..., c]) * scale - shift for c in range(z.shape[-1])]
+    return torch.stack(cols, dim=-1)
+
+
+@pytest.mark.parametrize("start", [0, 1, 15, 16, 17])  # all, the decoder's, one vector boundary, last, none
+def test_squashed_output_matches_the_written_out_formula(spy, start):
+    sizes, scale, shift = [16, 32, 32, 17], 2.004, 1.002
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(2 * 64 + 9, sizes[0], generator=gen) * 2).requires_grad_(True)
+    weights, biases = _params(sizes)
+    dy = torch.randn(x.shape[0], sizes[-1], generator=gen)
+    out = mlp.softplus_mlp(x, weights, biases, squash=(start, scale, shift))
+    grads = torch.autograd.grad(out, [x, *weights, *biases], dy)
+    assert spy.calls == ["mlp_softplus_forward", "mlp_softplus_backward"]
+    ref = _squashed(mlp.softplus_mlp_ref(x, weights, biases), start, scale, shift)
+    ref_grads = torch.autograd.grad(ref, [x, *weights, *biases], dy)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * (1 + r.abs().max().item()))
+    torch.testing.assert_close(mlp.softplus_mlp_ref(x, weights, biases, squash=(start, scale, shift)), ref)
+
+
+def test_squashed_second_order_gradients_go_through_the_reference(spy):
+    weights, biases = _params([6, 16, 4])
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(6)).requires_grad_(True)
+    squash = (1, 2.0, 1.0)
+
+    def penalty(out):
+        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), weights, allow_unused=True)
+
+    got = penalty(mlp.softplus_mlp(x, weights, biases, squash=squash))
+    want = penalty(_squashed(mlp.softplus_mlp_ref(x, weights, biases), *squash))
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    assert "mlp_softplus_forward" in spy.calls
+
+
 def test_bad_arguments_are_named():
     weights, biases = _params([4, 8, 2], requires_grad=False)
     with pytest.raises(ValueError, match="impl"):
         mlp.softplus_mlp(torch.randn(3, 4), weights, biases, impl="cuda")
     with pytest.raises(ValueError, match="one bias per weight"):
         mlp.softplus_mlp(torch.randn(3, 4), weights, biases[:1])
+    with pytest.raises(ValueError, match="squash must start"):
+        mlp.softplus_mlp(torch.randn(3, 4), weights, biases, squash=(3, 1.0, 0.0))
 
 
 def test_decoder_equals_its_layers_applied_in_turn(spy):

@@ -3,6 +3,10 @@
 //
 //   h_0 = x,  z_l = h_l W_l^T + b_l,  h_{l+1} = softplus(z_l)  (l < L-1),  out = z_{L-1}
 //
+// and optionally the output "squashed" from a column on: out[:, c] = sigmoid(z[:, c]) * scale
+// - shift for c >= from (the decoder's colour and features), applied to the tile in cache
+// instead of in three more passes over a [points, out] tensor and three more back.
+//
 // Why a kernel: with PyTorch ops every layer is a matmul (MKL, ~50 GFLOP/s on such skinny
 // shapes here) plus a softplus pass, forward and backward, each a trip through memory of a
 // [points, hidden] tensor. Here a tile of 64 points goes through all layers in cache, so
@@ -115,6 +119,42 @@ struct Layer {
 };
 
 int64_t pad16(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+// The output columns from `from` on are sigmoid(z) * scale - shift; from < 0: none.
+struct Squash {
+    int64_t from;
+    float scale, shift;
+};
+
+// Lane j of the vector that starts at column o: is column o + j squashed?
+inline vi squashed_lanes(int64_t o, int64_t from) {
+    const vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return lane + static_cast<int32_t>(o) >= static_cast<int32_t>(from);
+}
+
+// z [rows][outp] of the last layer -> the squashed output, in place.
+void squash_tile(float* z, int64_t rows, int64_t outp, const Squash& sq) {
+    if (sq.from < 0) return;
+    for (int64_t o = sq.from / kLanes * kLanes; o < outp; o += kLanes) {
+        const vi mask = squashed_lanes(o, sq.from);
+        for (int64_t r = 0; r < rows; ++r) {
+            const vf v = load(z + r * outp + o);
+            store(z + r * outp + o, mask ? sigmoid(v) * sq.scale - sq.shift : v);
+        }
+    }
+}
+
+// g [rows][outp], the gradient of the squashed output -> that of z (z: the last layer's, unsquashed).
+void squash_grad_tile(const float* z, float* g, int64_t rows, int64_t outp, const Squash& sq) {
+    if (sq.from < 0) return;
+    for (int64_t o = sq.from / kLanes * kLanes; o < outp; o += kLanes) {
+        const vi mask = squashed_lanes(o, sq.from);
+        for (int64_t r = 0; r < rows; ++r) {
+            const vf s = sigmoid(load(z + r * outp + o)), gv = load(g + r * outp + o);
+            store(g + r * outp + o, mask ? gv * (s * (1.f - s) * sq.scale) : gv);
+        }
+    }
+}
 
 std::vector<Layer> make_layers(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
                                int64_t in_features) {
@@ -291,10 +331,12 @@ void check_x(const at::Tensor& x) {
 
 }  // namespace
 
-// x [P, in] -> out [P, out of the last layer]
-at::Tensor mlp_softplus_forward(const at::Tensor& x, std::vector<at::Tensor> weights, std::vector<at::Tensor> biases) {
+// x [P, in] -> out [P, out of the last layer], squashed from column squash_from on.
+at::Tensor mlp_softplus_forward(const at::Tensor& x, std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
+                                int64_t squash_from, double squash_scale, double squash_shift) {
     check_x(x);
     const auto layers = make_layers(weights, biases, x.size(1));
+    const Squash sq{squash_from, static_cast<float>(squash_scale), static_cast<float>(squash_shift)};
     const int64_t P = x.size(0), out_features = layers.back().out, outp = layers.back().outp;
     auto out = at::empty({P, out_features}, x.options());
     const float* xp = x.data_ptr<float>();
@@ -306,20 +348,23 @@ at::Tensor mlp_softplus_forward(const at::Tensor& x, std::vector<at::Tensor> wei
         for (int64_t ti = t0; ti < t1; ++ti) {
             const int64_t p0 = ti * kTile, rows = std::min<int64_t>(kTile, P - p0);
             forward_tile(layers, xp + p0 * layers[0].in, rows, t);
-            const float* z = t.z.back().data();
+            float* z = t.z.back().data();
+            squash_tile(z, rows, outp, sq);
             for (int64_t r = 0; r < rows; ++r) std::copy_n(z + r * outp, out_features, op + (p0 + r) * out_features);
         }
     });
     return out;
 }
 
-// Gradients of mlp_softplus_forward from grad_out [P, out]: (dx [P, in] or an empty tensor
+// Gradients of mlp_softplus_forward (same squash) from grad_out [P, out]: (dx [P, in] or an empty tensor
 // when not need_dx, then dW_l [out, in] for every layer, then db_l [out] for every layer).
 std::vector<at::Tensor> mlp_softplus_backward(const at::Tensor& grad_out, const at::Tensor& x,
                                               std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
-                                              bool need_dx) {
+                                              bool need_dx, int64_t squash_from, double squash_scale,
+                                              double squash_shift) {
     check_x(x);
     const auto layers = make_layers(weights, biases, x.size(1));
+    const Squash sq{squash_from, static_cast<float>(squash_scale), static_cast<float>(squash_shift)};
     const int64_t P = x.size(0), in = x.size(1), out_features = layers.back().out;
     TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == P && grad_out.size(1) == out_features,
                 "mlp_cpu: grad_out must be [", P, ", ", out_features, "], got ", grad_out.sizes());
@@ -352,6 +397,7 @@ std::vector<at::Tensor> mlp_softplus_backward(const at::Tensor& grad_out, const 
                 std::fill(g.begin(), g.end(), 0.f);
                 for (int64_t r = 0; r < rows; ++r) std::copy_n(gp + (p0 + r) * out_features, out_features,
                                                                g.data() + r * last.outp);
+                squash_grad_tile(t.z.back().data(), g.data(), rows, last.outp, sq);
                 for (size_t l = nl; l-- > 0;) {
                     const Layer& L = layers[l];
                     const float* a = l == 0 ? xt : t.h[l - 1].data();
