@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 # Appended, not prepended: bench/train.py must not shadow the top-level train.py for later tests.
@@ -20,21 +21,15 @@ def _forward_backward(x, w, **kwargs):
     return run
 
 
-def test_stride_one_conv_counts_forward_and_both_gradients():
-    # 2 FLOPs per multiply-add; forward, input gradient and weight gradient each cost the same.
+@pytest.mark.parametrize("input_grad, passes", [(True, 3), (False, 2)])
+def test_stride_one_conv_counts_forward_and_the_gradients_needed(input_grad, passes):
+    # 2 FLOPs per multiply-add; forward, input gradient and weight gradient each cost the same,
+    # and an input that needs no gradient skips its pass.
     n, cin, cout, res, k = 2, 5, 7, 9, 3
-    x = torch.randn(n, cin, res, res, requires_grad=True)
+    x = torch.randn(n, cin, res, res, requires_grad=input_grad)
     w = torch.randn(cout, cin, k, k, requires_grad=True)
     forward = 2 * n * cout * res * res * cin * k * k
-    assert sum(step_flops(_forward_backward(x, w, padding=1)).values()) == 3 * forward
-
-
-def test_weight_gradient_only_when_the_input_needs_none():
-    n, cin, cout, res, k = 2, 4, 6, 8, 3
-    x = torch.randn(n, cin, res, res)
-    w = torch.randn(cout, cin, k, k, requires_grad=True)
-    forward = 2 * n * cout * res * res * cin * k * k
-    assert sum(step_flops(_forward_backward(x, w, padding=1)).values()) == 2 * forward
+    assert sum(step_flops(_forward_backward(x, w, padding=1)).values()) == passes * forward
 
 
 def test_upsampling_conv_counts_the_transposed_convolution_on_the_small_input():
