@@ -119,6 +119,28 @@ void for_blocks(const Geometry& g, F body) {
     });
 }
 
+// acc[c] += the sum of term(i, c) over the pixels [p0, p1) of sample n, i being the element's
+// offset. Loops in the layout's order, so the innermost loop runs over contiguous memory
+// (channels of a pixel, or pixels of a channel plane with an `omp simd` reduction).
+template <typename Term>
+inline void sum_per_channel(const Geometry& g, int64_t n, int64_t p0, int64_t p1, float* acc, Term term) {
+    if (g.channels_last) {
+        for (int64_t p = p0; p < p1; ++p) {
+            const int64_t o = g.at(n, 0, p);
+#pragma omp simd
+            for (int64_t c = 0; c < g.C; ++c) acc[c] += term(o + c, c);
+        }
+    } else {
+        for (int64_t c = 0; c < g.C; ++c) {
+            const int64_t o = g.at(n, c, 0);
+            float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t p = p0; p < p1; ++p) sum += term(o + p, c);
+            acc[c] += sum;
+        }
+    }
+}
+
 // partial[n][blk][c] -> out[n][c], summed in block order.
 at::Tensor reduce_blocks(const std::vector<float>& partial, const Geometry& g, int64_t blocks) {
     auto out = at::zeros({g.N, g.C}, at::kFloat);
@@ -165,22 +187,8 @@ at::Tensor channel_dot(const at::Tensor& a, const at::Tensor& b) {
     const float* ap = a.data_ptr<float>();
     const float* bp = b.data_ptr<float>();
     for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
-        float* acc = partial.data() + (n * blocks + blk) * g.C;
-        if (g.channels_last) {
-            for (int64_t p = p0; p < p1; ++p) {
-                const int64_t o = g.at(n, 0, p);
-#pragma omp simd
-                for (int64_t c = 0; c < g.C; ++c) acc[c] += ap[o + c] * bp[o + c];
-            }
-        } else {
-            for (int64_t c = 0; c < g.C; ++c) {
-                const int64_t o = g.at(n, c, 0);
-                float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-                for (int64_t p = p0; p < p1; ++p) sum += ap[o + p] * bp[o + p];
-                acc[c] = sum;
-            }
-        }
+        sum_per_channel(g, n, p0, p1, partial.data() + (n * blocks + blk) * g.C,
+                        [&](int64_t i, int64_t) { return ap[i] * bp[i]; });
     });
     return reduce_blocks(partial, g, blocks);
 }
@@ -348,33 +356,13 @@ std::vector<at::Tensor> skip_epilogue_backward(const at::Tensor& grad, const at:
     const float* bp = bias.data_ptr<float>();
     float* dxp = dx.data_ptr<float>();
     for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
-        float* acc_b = part_b.data() + (n * blocks + blk) * g.C;
-        if (g.channels_last) {
-            for (int64_t p = p0; p < p1; ++p) {
-                const int64_t o = g.at(n, 0, p);
-#pragma omp simd
-                for (int64_t c = 0; c < g.C; ++c) {
-                    // Linear with gain 1: the clamp's output is inside (-clamp, clamp) exactly
-                    // when its input is, so the slope can be read from x + b.
-                    const float gz = gp[o + c] * act_slope<0>(xp[o + c] + bp[c], a);
-                    dxp[o + c] = gz;
-                    acc_b[c] += gz;
-                }
-            }
-        } else {
-            for (int64_t c = 0; c < g.C; ++c) {
-                const int64_t o = g.at(n, c, 0);
-                const float bc = bp[c];
-                float sb = 0.f;
-#pragma omp simd reduction(+ : sb)
-                for (int64_t p = p0; p < p1; ++p) {
-                    const float gz = gp[o + p] * act_slope<0>(xp[o + p] + bc, a);
-                    dxp[o + p] = gz;
-                    sb += gz;
-                }
-                acc_b[c] = sb;
-            }
-        }
+        // Linear with gain 1: the clamp's output is inside (-clamp, clamp) exactly when its
+        // input is, so the slope can be read from x + b.
+        sum_per_channel(g, n, p0, p1, part_b.data() + (n * blocks + blk) * g.C, [&](int64_t i, int64_t c) {
+            const float gz = gp[i] * act_slope<0>(xp[i] + bp[c], a);
+            dxp[i] = gz;
+            return gz;
+        });
     });
     return {dx, reduce_blocks(part_b, g, blocks).sum(0)};
 }
