@@ -67,6 +67,8 @@ class KimgType(click.ParamType):
 @click.option("--triplane-res", type=int, help="Tri-plane resolution.")
 @click.option("--reuse-fakes/--no-reuse-fakes", default=None,
               help="D's fake phase scores the G phase's fakes instead of generating new ones (faster).")
+@click.option("--cpu-bf16/--no-cpu-bf16", default=None,
+              help="On a CPU, run the config's num_fp16_res blocks in bfloat16 (fp16 on CUDA regardless).")
 @click.option("--aug", type=click.Choice(["ada", "fixed", "noaug"]), help="Discriminator augmentation.")
 @click.option("--mirror/--no-mirror", default=None, help="Add x-flipped copies of the data.")
 @click.option("--resume", type=str, help="Snapshot file, run directory, or 'latest' (newest under --outdir).")

@@ -7,6 +7,7 @@
     python bench/step.py --cfg imagenet100 --device cuda --batch 4 --resolution 256 --profile 25
     python bench/step.py --cfg eg3d-small --device cpu --batch 8 --classes 100
     python bench/step.py --cfg eg3d-small --device cpu --compare --malloc tuned   # layout x reuse
+    python bench/step.py --cfg eg3d-small --device cpu --compare-precision --fp16-res 4 --malloc tuned
     python bench/step.py --cfg eg3d-small --device cpu --compare-kernels --malloc tuned   # kernels x reuse
     python bench/step.py --cfg demo --resolution 64 --classes 4 --device cpu --compare --malloc tuned
 
@@ -45,6 +46,11 @@ What is timed (medians over --repeats after --warmup untimed runs):
 * --compare-kernels (CPU): the same for {PyTorch ops, compiled CPU kernels} x {regenerated,
   reused}: the kernels of torch_utils/ops/cpu_kernels.py (tri-plane sampler, modulation,
   bias_act) against the PyTorch paths they replace.
+* --cpu-bf16 (CPU): the blocks flagged for reduced precision (the config's `num_fp16_res`
+  highest resolutions of backbone, super-resolution and D; `--fp16-res N` sets all three)
+  compute in bfloat16 (torch_utils/precision.py), as they compute in fp16 on CUDA.
+* --compare-precision (CPU): the same interleaving for {fp32, bf16 blocks} x {regenerated,
+  reused}; needs `num_fp16_res` > 0 (e.g. --fp16-res 4).
 * --flops: after the timings, the FLOPs of one G+D step (convolutions forward and backward,
   matmuls; torch.utils.flop_counter), the rate the timed step ran at, and the time those FLOPs
   take at the speed of a 2048² fp32 matmul measured in the same process: the step's floor for
@@ -77,6 +83,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from torch_utils import precision  # noqa: E402
 from torch_utils.misc import cpu_channels_last, tune_cpu_allocator  # noqa: E402
 from torch_utils.ops import cpu_kernels  # noqa: E402
 from torch_utils.ops.cpu_kernels import kernels_enabled  # noqa: E402
@@ -87,13 +94,19 @@ from training.triplane import TriPlaneGenerator  # noqa: E402
 DEFAULT_RESOLUTION = 128
 
 
-def build_networks(cfg_name: str, classes: int, device: torch.device,
-                   resolution: Optional[int] = None) -> Tuple[torch.nn.Module, torch.nn.Module, dict]:
-    """G and D of a named config (train mode, no parameter requires grad), and the config."""
+def build_networks(cfg_name: str, classes: int, device: torch.device, resolution: Optional[int] = None,
+                   fp16_res: Optional[int] = None) -> Tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """G and D of a named config (train mode, no parameter requires grad), and the config.
+
+    ``fp16_res`` replaces ``num_fp16_res`` of the backbone, the super-resolution and D.
+    """
     opts = load_config(cfg_name)
     for key in ("G", "D"):
         if key not in opts:
             raise ValueError(f"--cfg {cfg_name}: the config has no '{key}:' section")
+    if fp16_res is not None:
+        for section in (opts.G.setdefault("backbone_kwargs", {}), opts.G.setdefault("sr_kwargs", {}), opts.D):
+            section["num_fp16_res"] = fp16_res
     res = int(resolution or opts.get("resolution") or DEFAULT_RESOLUTION)
     torch.manual_seed(0)
     G = TriPlaneGenerator(**to_plain(opts.G), c_dim=classes, img_res=res)
@@ -284,8 +297,20 @@ def compare_kernels(G, D, inputs, batch: int, repeats: int, warmup: int) -> None
     _interleave(G, D, inputs, batch, repeats, warmup, variants)
 
 
+def compare_precision(G, D, inputs, batch: int, repeats: int, warmup: int) -> None:
+    """Interleaved G+D steps of {fp32, bf16 reduced-precision blocks} x {regenerated, reused fakes} (CPU)."""
+    variants = {f"{'bf16 blocks' if bf16 else 'fp32'}, fakes {'reused' if reuse else 'regenerated'}":
+                (functools.partial(precision.cpu_bf16, bf16), reuse) for bf16 in (False, True) for reuse in (False, True)}
+    _interleave(G, D, inputs, batch, repeats, warmup, variants)
+
+
 def bench_device(args, device: torch.device) -> None:
-    G, D, opts = build_networks(args.cfg, args.classes, device, args.resolution)
+    with precision.cpu_bf16(args.cpu_bf16):
+        _bench_device(args, device)
+
+
+def _bench_device(args, device: torch.device) -> None:
+    G, D, opts = build_networks(args.cfg, args.classes, device, args.resolution, args.fp16_res)
     batch = args.batch or int(opts.batch)
     inputs = make_inputs(G, batch, args.classes, device)
     n_g = sum(p.numel() for p in G.parameters())
@@ -293,10 +318,12 @@ def bench_device(args, device: torch.device) -> None:
     print(f"[{device}] cfg {args.cfg}: batch {batch}, img {G.img_res}, neural {G.neural_res}, "
           f"tri-plane {G.triplane_res}x{G.triplane_channels}, samples {G.renderer.num_coarse}+{G.renderer.num_fine}, "
           f"G {n_g / 1e6:.2f}M params, D {n_d / 1e6:.2f}M params, classes {args.classes}", flush=True)
-    if args.compare or args.compare_kernels:
+    if args.compare or args.compare_kernels or args.compare_precision:
         if device.type != "cpu":
-            print("  --compare / --compare-kernels: CPU only (CPU layout policy and kernels)")
+            print("  --compare / --compare-kernels / --compare-precision: CPU only (CPU layout, kernels, bf16)")
             return
+        if args.compare_precision:
+            compare_precision(G, D, inputs, batch, args.repeats, args.warmup)
         if args.compare:
             compare_variants(G, D, inputs, batch, args.repeats, args.warmup)
         if args.compare_kernels:
@@ -347,6 +374,12 @@ def main() -> None:
                         help="interleave NCHW / channels-last x regenerated / reused fakes (CPU) and print speed-ups")
     parser.add_argument("--compare-kernels", action="store_true",
                         help="interleave PyTorch ops / compiled CPU kernels x regenerated / reused fakes (CPU)")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="CPU: the config's reduced-precision blocks compute in bfloat16 (see above)")
+    parser.add_argument("--fp16-res", type=int, default=None, metavar="N",
+                        help="num_fp16_res for backbone, super-resolution and D (default: the config's)")
+    parser.add_argument("--compare-precision", action="store_true",
+                        help="interleave fp32 / bf16 reduced-precision blocks x regenerated / reused fakes (CPU)")
     parser.add_argument("--flops", action="store_true",
                         help="also count the step's FLOPs (untimed) and time them at this device's matmul peak")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
@@ -356,6 +389,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.batch is not None and args.batch < 1:
         parser.error(f"--batch must be >= 1, got {args.batch}")
+    if args.fp16_res is not None and args.fp16_res < 0:
+        parser.error(f"--fp16-res must be >= 0, got {args.fp16_res}")
+    if (args.cpu_bf16 or args.compare_precision) and not precision.cpu_has_fast_bf16():
+        print("note: this CPU has no native bf16 instructions; oneDNN emulates them (slowly)")
     if args.repeats < 1 or args.warmup < 0 or args.classes < 0:
         parser.error("--repeats must be >= 1, --warmup and --classes >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -43,3 +43,15 @@ def test_upsampling_conv_counts_the_transposed_convolution_on_the_small_input():
     transposed = 2 * n * cin * res * res * cout * k * k
     assert flops["convolution"] >= transposed
     assert flops["convolution"] - transposed == 2 * n * cout * (2 * res) ** 2 * 16
+
+
+def test_fp16_res_override_reaches_backbone_super_resolution_and_d():
+    from step import build_networks
+
+    G, D, _ = build_networks("demo", classes=2, device=torch.device("cpu"), resolution=64, fp16_res=2)
+    flagged = {name for name, m in list(G.named_modules()) + [("D." + n, m) for n, m in D.named_modules()]
+               if getattr(m, "use_fp16", False)}
+    assert any(n.startswith("backbone.") for n in flagged) and any(n.startswith("superresolution.") for n in flagged)
+    assert any(n.startswith("D.") for n in flagged)
+    G0, D0, _ = build_networks("demo", classes=2, device=torch.device("cpu"), resolution=64)
+    assert not [m for m in list(G0.modules()) + list(D0.modules()) if getattr(m, "use_fp16", False)]

@@ -112,6 +112,45 @@ def test_skip_epilogue_of_other_layouts_and_dtypes_uses_torch_ops(kernel_calls):
         modulate.skip_epilogue(t["x"], t["bias"], skip[:, :2], clamp=1.0)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("clamp", [0.5, None])
+def test_skip_epilogue_of_bfloat16_x_computes_in_float32(kernel_calls, channels_last, clamp):
+    """A CPU bf16 block's ToRGB output: the kernel sums in float32 and gives dx in bfloat16."""
+    shape = (2, 6, 9, 11)
+    t = _tensors(shape, channels_last, seed=6)
+    skip = torch.randn(shape).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x = t["x"].bfloat16().requires_grad_(True)
+    b, s = t["bias"].clone().requires_grad_(True), skip.clone().requires_grad_(True)
+    y = modulate.skip_epilogue(x, b, s, clamp=clamp)
+    dx, db, ds = torch.autograd.grad(y, [x, b, s], t["g"])
+    pre = x.detach().double() + b.detach().double().reshape(1, -1, 1, 1)
+    inside = torch.ones_like(pre) if clamp is None else (pre.abs() < clamp).double()
+    want_y = (pre if clamp is None else pre.clamp(-clamp, clamp)) + skip.double()
+    assert y.dtype == torch.float32 and y.stride() == x.stride() and dx.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), want_y, rtol=1e-6, atol=1e-6)
+    assert torch.equal(dx, (t["g"].double() * inside).float().bfloat16())  # rounded as torch rounds
+    torch.testing.assert_close(db.double(), (t["g"].double() * inside).sum([0, 2, 3]), rtol=1e-5, atol=1e-5)
+    assert torch.equal(ds, t["g"])
+    assert kernel_calls[0] == "skip_epilogue_forward"
+    assert ("skip_epilogue_backward" in kernel_calls) == (clamp is not None)
+
+
+def test_bfloat16_rounding_of_the_kernel_matches_torch(kernel_calls):
+    """dx's float32 -> bfloat16 rounding, on ties, huge values, subnormals, infinities and NaN."""
+    bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F80C000, 0x7F7FFFFF, 0x00000001, 0x00018000, 0x80008000,
+                         0x7F800000, 0xFF800000, 0x7FC00001, 0xFF800001, 0x3F7FFFFF], dtype=torch.int64)
+    special = bits.to(torch.int32).view(torch.float32)  # int64 -> int32 wraps the sign bit in
+    g = torch.cat([special, torch.randn(64) * 10.0 ** torch.randint(-30, 30, (64,))]).reshape(1, 1, 4, 19)
+    x = torch.zeros_like(g, dtype=torch.bfloat16).requires_grad_(True)
+    y = modulate.skip_epilogue(x, torch.zeros(1), torch.zeros_like(g), clamp=1e30)  # a clamp, so the kernel's dx
+    (dx,) = torch.autograd.grad(y, [x], g)
+    want = g.bfloat16()
+    assert torch.equal(dx.isnan(), want.isnan()) and dx.isnan().sum() == 2
+    finite = ~want.isnan()
+    assert torch.equal(dx[finite].view(torch.int16), want[finite].view(torch.int16))
+    assert kernel_calls == ["skip_epilogue_forward", "skip_epilogue_backward"]
+
+
 def test_kernels_are_bitwise_reproducible_across_thread_counts(kernel_calls):
     t = _tensors((2, 32, 48, 48), True, seed=2)
     before, results = torch.get_num_threads(), []

@@ -188,13 +188,14 @@ constant_cache = _ConstantCache()
 
 
 def same_strides(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """t itself if it has exactly the strides of `like` (or is empty), else a copy laid out like `like`.
+    """t itself if it has exactly the strides of `like` (or is empty), else a copy of t (in t's
+    dtype) laid out like `like`.
 
     For kernels that index several element tensors with one set of strides.
     """
     if t.numel() == 0 or t.stride() == like.stride():
         return t
-    return torch.empty_like(like).copy_(t)
+    return torch.empty_like(like, dtype=t.dtype).copy_(t)
 
 
 def constant(value: Any, shape: Optional[Sequence[int]] = None, dtype: Optional[torch.dtype] = None,

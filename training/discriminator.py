@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from torch_utils import misc
+from torch_utils import misc, precision
 from training.networks_common import resize_image
 from training.networks_stylegan2 import Conv2dLayer, FullyConnectedLayer, MappingNetwork, synthesis_channels
 
@@ -40,9 +40,9 @@ class DiscriminatorBlock(nn.Module):
                                 resample_filter=resample_filter, channels_last=self.channels_last)
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], force_fp32: bool = False) -> torch.Tensor:
-        fp16 = self.use_fp16 and not force_fp32 and (img if x is None else x).device.type == "cuda"
-        dtype = torch.float16 if fp16 else torch.float32
-        memory_format = misc.activation_memory_format((img if x is None else x).device, dtype, self.channels_last)
+        device = (img if x is None else x).device
+        dtype = precision.half_dtype(device) if self.use_fp16 and not force_fp32 else torch.float32
+        memory_format = misc.activation_memory_format(device, dtype, self.channels_last)
         if self.in_channels == 0:
             misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution])
             x = self.fromrgb(img.to(dtype=dtype, memory_format=memory_format))

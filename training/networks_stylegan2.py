@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from torch_utils import misc
+from torch_utils import misc, precision
 from torch_utils.ops import bias_act, conv2d_resample, fma, modulate, upfirdn2d
 
 __all__ = [
@@ -419,9 +419,8 @@ class SynthesisBlock(nn.Module):
         self.num_torgb = 1
 
     def compute_dtype(self, device: torch.device, force_fp32: bool = False) -> torch.dtype:
-        """fp16 only where enabled and on CUDA (CPU half-precision convs are slow and lossy)."""
-        fp16 = self.use_fp16 and not force_fp32 and device.type == "cuda"
-        return torch.float16 if fp16 else torch.float32
+        """fp16 on CUDA where enabled; bf16 on a CPU under `precision.cpu_bf16`; else fp32."""
+        return precision.half_dtype(device) if self.use_fp16 and not force_fp32 else torch.float32
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
                 force_fp32: bool = False, fused_modconv: Optional[bool] = None, noise_mode: str = "random",

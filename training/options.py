@@ -22,7 +22,7 @@ OVERRIDE_KEYS = {
     "views": "views", "gamma": "loss.r1_gamma", "glr": "glr", "dlr": "dlr", "extra_blocks": "G.extra_blocks",
     "decoder_layers": "G.decoder_layers", "neural_res": "G.neural_res", "triplane_res": "G.triplane_res",
     "aug": "aug", "mirror": "mirror", "snap": "snap", "tick": "tick", "metrics": "metrics", "seed": "seed",
-    "workers": "workers", "reuse_fakes": "loss.reuse_fakes",
+    "workers": "workers", "reuse_fakes": "loss.reuse_fakes", "cpu_bf16": "cpu_bf16",
 }
 
 REQUIRED = ("data", "batch", "kimg", "views", "glr", "dlr", "G", "D", "loss")

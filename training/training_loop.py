@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from dnnlib import EasyDict
-from torch_utils import misc, training_stats
+from torch_utils import misc, precision, training_stats
 from torch_utils.checkpoint import load_state, save_state
 from training import distributed as tdist
 from training.augment import AdaptiveP, build_augment_pipe
@@ -104,6 +104,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = info.device
         self.log = Logger(self.run_dir / "log.txt" if info.is_main else None)
+        # Reduced-precision blocks in bf16 on a CPU (torch_utils/precision.py); fp16 on CUDA anyway.
+        self.cpu_bf16 = bool(opts.get("cpu_bf16", False)) and self.device.type == "cpu"
         self.batch_per_gpu = opts.batch // info.world_size
         self.cur_nimg, self.batch_idx, self.cur_tick = 0, 0, 0
         self.nonfinite_total = 0
@@ -267,9 +269,10 @@ class Trainer:
         real_img, real_c = self._fetch_reals(data_iter)
         self.loss.neural_res = self._neural_res_at(self.cur_nimg)
         self.loss.discard_fakes()  # nothing kept for D may outlive the step that made it
-        for phase_idx, phase in enumerate(self.phases):
-            if self.batch_idx % phase.interval == 0:
-                self._run_phase(phase_idx, phase, real_img, real_c)
+        with precision.cpu_bf16(self.cpu_bf16):
+            for phase_idx, phase in enumerate(self.phases):
+                if self.batch_idx % phase.interval == 0:
+                    self._run_phase(phase_idx, phase, real_img, real_c)
         self._update_ema()
         self.cur_nimg += self.opts.batch
         self.batch_idx += 1
@@ -328,7 +331,7 @@ class Trainer:
             cams = cameras_from_angles([360.0 * v / views for v in range(views)] * len(classes),
                                        [20.0] * views * len(classes), radius=self.G.camera_kwargs["radius"],
                                        fov_deg=self.G.camera_kwargs["fov_deg"], device=self.device)
-            with torch.no_grad():
+            with torch.no_grad(), precision.cpu_bf16(self.cpu_bf16):
                 out = self.G_ema(z, c, cameras=cams, noise_mode="const")
             images = to_uint8(out["image"])
             depth = colorize_depth(out["image_depth"], opacity=out["opacity"])
@@ -417,6 +420,17 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def _log_cpu_bf16(self) -> None:
+        counts = {name: int(kwargs.get("num_fp16_res", 0)) for name, kwargs in
+                  (("backbone", self.opts.G.get("backbone_kwargs", {})), ("super-resolution",
+                   self.opts.G.get("sr_kwargs", {})), ("D", self.opts.D))}
+        self.log("CPU bf16: the highest resolutions of " + ", ".join(f"{name} ({n})" for name, n in counts.items())
+                 + " compute in bfloat16")
+        if not any(counts.values()):
+            self.log("  note: every num_fp16_res is 0, so nothing runs in bfloat16; set them in the config")
+        if not precision.cpu_has_fast_bf16():
+            self.log("  note: this CPU has no native bf16 instructions (AVX512-BF16 or AMX); it will be slower")
+
     def run(self) -> None:
         opts = self.opts
         total_nimg = int(round(opts.kimg * 1000))
@@ -428,6 +442,8 @@ class Trainer:
         data_iter = self._make_loader_iter()
         self.log(f"Training for {opts.kimg} kimg from {self.cur_nimg / 1000:.1f} kimg; "
                  f"batch {opts.batch} over {self.info.world_size} process(es) on {self.device}")
+        if self.cpu_bf16:
+            self._log_cpu_bf16()
         tick_start, tick_start_nimg = time.time(), self.cur_nimg
         try:
             while self.cur_nimg < total_nimg:

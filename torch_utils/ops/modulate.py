@@ -46,12 +46,15 @@ def _dense_layout(t: torch.Tensor) -> Optional[torch.memory_format]:
     return None
 
 
-def _module_for(*tensors: torch.Tensor):
-    """The compiled module when every tensor is a float32 CPU tensor and the first is dense 4-D."""
+def _module_for(*tensors: torch.Tensor, bf16_first: bool = False):
+    """The compiled module when every tensor is a float32 CPU tensor and the first is dense 4-D
+    (with ``bf16_first``, the first may be bfloat16)."""
     x = tensors[0]
     if x.ndim != 4 or x.numel() == 0 or _dense_layout(x) is None:
         return None
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+    if any(t.device.type != "cpu" for t in tensors) or any(t.dtype != torch.float32 for t in tensors[1:]):
+        return None
+    if x.dtype != torch.float32 and not (bf16_first and x.dtype == torch.bfloat16):
         return None
     return _plugin.get()
 
@@ -174,13 +177,14 @@ def skip_epilogue(x: torch.Tensor, bias: torch.Tensor, skip: Optional[torch.Tens
     """bias_act(x, bias, clamp=clamp) + skip; x [N,C,H,W], bias [C], skip None or x's shape.
 
     The sum takes the skip image's dtype and memory layout (the skip image is the running
-    output of a skip architecture; x may be a float16 conv output).
+    output of a skip architecture; x may be a float16 or bfloat16 conv output). The CPU
+    kernel also takes bfloat16 x with a float32 skip, and computes in float32.
     """
     if skip is not None and skip.shape != x.shape:
         raise ValueError(f"modulate: skip must have x's shape {tuple(x.shape)}, got {tuple(skip.shape)}")
     clamp_value = -1.0 if clamp is None or clamp < 0 else float(clamp)
     tensors = [x, bias] if skip is None else [x, bias, skip]
-    if (impl is None and _module_for(*tensors) is not None
+    if (impl is None and _module_for(*tensors, bf16_first=skip is not None) is not None
             and (skip is None or skip.stride() == x.stride())):
         return _SkipEpilogue.apply(x, bias, skip, clamp_value)
     y = bias_act_op.bias_act(x, bias.to(x.dtype), clamp=clamp)
@@ -204,7 +208,7 @@ class _SkipEpilogue(torch.autograd.Function):
         x, bias = ctx.saved_tensors
         grad = misc.same_strides(grad, x)
         if ctx.clamp < 0:  # no clamp: the bias' gradient is a plain sum, and dx is grad itself
-            dx, db = grad, grad.sum(dim=[0, 2, 3])
+            dx, db = grad.to(x.dtype), grad.sum(dim=[0, 2, 3])
         else:
             dx, db = ctx.module.skip_epilogue_backward(grad, x, bias.contiguous(), ctx.clamp)
         return dx, db, grad if ctx.has_skip else None, None

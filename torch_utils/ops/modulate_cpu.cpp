@@ -8,6 +8,10 @@
 //   skip_epilogue_forward      y = clamp(x + bias[c]) + skip     (ToRGB's bias and the skip sum)
 //   skip_epilogue_backward     from g = dL/dy: dx, dbias[c]      (dskip is g itself)
 //
+// The skip epilogue also takes bfloat16 x (a CPU bf16 block's ToRGB output, see
+// torch_utils/precision.py) with a float32 skip: it computes in float32, returns float32 y
+// and gives dx in bfloat16, one pass each, instead of bias_act in bf16, a conversion and a sum.
+//
 // x is [N,C,H,W] (p runs over the H*W pixels), dense in NCHW or channels-last memory; all
 // element tensors of one call share that layout. act is linear, relu or lrelu with gain > 0,
 // so the derivative follows from y's sign, as in bias_act_cpu.cpp.
@@ -26,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -42,8 +47,9 @@ struct Geometry {
     }
 };
 
-Geometry geometry_of(const at::Tensor& x, const char* what) {
-    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "modulate_cpu: ", what,
+Geometry geometry_of(const at::Tensor& x, const char* what, bool bf16_ok = false) {
+    TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || (bf16_ok && x.scalar_type() == at::kBFloat16)),
+                "modulate_cpu: ", what, bf16_ok ? " must be a float32 or bfloat16 CPU tensor" :
                 " must be a float32 CPU tensor");
     TORCH_CHECK(x.dim() == 4, "modulate_cpu: ", what, " must be [N,C,H,W], got ", x.sizes());
     const bool cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -65,6 +71,29 @@ void check_nc(const at::Tensor& s, const Geometry& g, const char* what) {
 void check_bias(const at::Tensor& bias, const Geometry& g) {
     TORCH_CHECK(bias.is_contiguous() && bias.numel() == g.C && bias.scalar_type() == at::kFloat,
                 "modulate_cpu: bias must be a contiguous float32 [C]");
+}
+
+// Element access for float32 and bfloat16 (stored as its upper 16 bits of a float32) tensors.
+// Written as integer arithmetic so that the loops vectorise; rounding to bf16 is to nearest
+// even, and a NaN becomes the quiet NaN 0x7FC0, as in c10::BFloat16.
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const uint16_t* p, int64_t i) {
+    const uint32_t u = static_cast<uint32_t>(p[i]) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(uint16_t* p, int64_t i, float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+    p[i] = static_cast<uint16_t>(nan ? 0x7FC0u : rounded);
+}
+template <typename T>
+T* elements(const at::Tensor& t) {
+    return reinterpret_cast<T*>(t.data_ptr());
 }
 
 // The activation as a compile-time kind (0 linear, 1 relu, 2 lrelu), so the inner loops
@@ -307,16 +336,14 @@ std::vector<at::Tensor> epilogue_backward(const at::Tensor& grad, const at::Tens
     return {dx, dd, db, dnoise};
 }
 
-// skip: x's sizes and strides, or empty (no sum); bias: [C]; clamp < 0: none.
-at::Tensor skip_epilogue_forward(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& skip, double clamp) {
-    const Geometry g = geometry_of(x, "x");
+// T: x's element type (float, or uint16_t for bfloat16); y is float32.
+template <typename T>
+at::Tensor skip_epilogue_forward_impl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& skip,
+                                      const Geometry& g, const ActParams& a) {
     const bool has_skip = skip.numel() > 0;
-    if (has_skip) check_same(skip, x, "skip");
-    check_bias(bias, g);
-    const ActParams a = act_params(0.0, 1.0, clamp);
-    auto y = at::empty_like(x);
+    auto y = at::empty_like(x, x.options().dtype(at::kFloat));
     const std::vector<float> zeros(static_cast<size_t>(std::max(g.C, g.P)), 0.f);  // stands for an absent skip
-    const float* xp = x.data_ptr<float>();
+    const T* xp = elements<const T>(x);
     const float* bp = bias.data_ptr<float>();
     const float* sp = has_skip ? skip.data_ptr<float>() : nullptr;
     float* yp = y.data_ptr<float>();
@@ -326,7 +353,7 @@ at::Tensor skip_epilogue_forward(const at::Tensor& x, const at::Tensor& bias, co
                 const int64_t o = g.at(n, 0, p);
                 const float* sr = has_skip ? sp + o : zeros.data();
 #pragma omp simd
-                for (int64_t c = 0; c < g.C; ++c) yp[o + c] = act_forward<0>(xp[o + c] + bp[c], a) + sr[c];
+                for (int64_t c = 0; c < g.C; ++c) yp[o + c] = act_forward<0>(load(xp, o + c) + bp[c], a) + sr[c];
             }
         } else {
             for (int64_t c = 0; c < g.C; ++c) {
@@ -334,37 +361,56 @@ at::Tensor skip_epilogue_forward(const at::Tensor& x, const at::Tensor& bias, co
                 const float* sr = has_skip ? sp + o : zeros.data();
                 const float bc = bp[c];
 #pragma omp simd
-                for (int64_t p = p0; p < p1; ++p) yp[o + p] = act_forward<0>(xp[o + p] + bc, a) + sr[p];
+                for (int64_t p = p0; p < p1; ++p) yp[o + p] = act_forward<0>(load(xp, o + p) + bc, a) + sr[p];
             }
         }
     });
     return y;
 }
 
-// Returns (dx, dbias [C]); x and g share sizes and strides.
-std::vector<at::Tensor> skip_epilogue_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& bias,
-                                                  double clamp) {
-    const Geometry g = geometry_of(x, "x");
-    check_same(grad, x, "grad");
+// skip: x's sizes and strides, or empty (no sum); bias: [C]; clamp < 0: none. x float32 or
+// bfloat16 (then with a skip); y float32.
+at::Tensor skip_epilogue_forward(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& skip, double clamp) {
+    const Geometry g = geometry_of(x, "x", /*bf16_ok=*/true);
+    const bool has_skip = skip.numel() > 0;
+    if (has_skip) check_same(skip, x, "skip");
     check_bias(bias, g);
     const ActParams a = act_params(0.0, 1.0, clamp);
+    if (x.scalar_type() == at::kBFloat16) return skip_epilogue_forward_impl<uint16_t>(x, bias, skip, g, a);
+    return skip_epilogue_forward_impl<float>(x, bias, skip, g, a);
+}
+
+template <typename T>
+std::vector<at::Tensor> skip_epilogue_backward_impl(const at::Tensor& grad, const at::Tensor& x,
+                                                    const at::Tensor& bias, const Geometry& g, const ActParams& a) {
     const int64_t blocks = (g.P + kBlock - 1) / kBlock;
     auto dx = at::empty_like(x);
     std::vector<float> part_b(static_cast<size_t>(g.N * blocks * g.C), 0.f);
     const float* gp = grad.data_ptr<float>();
-    const float* xp = x.data_ptr<float>();
+    const T* xp = elements<const T>(x);
     const float* bp = bias.data_ptr<float>();
-    float* dxp = dx.data_ptr<float>();
+    T* dxp = elements<T>(dx);
     for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
         // Linear with gain 1: the clamp's output is inside (-clamp, clamp) exactly when its
         // input is, so the slope can be read from x + b.
         sum_per_channel(g, n, p0, p1, part_b.data() + (n * blocks + blk) * g.C, [&](int64_t i, int64_t c) {
-            const float gz = gp[i] * act_slope<0>(xp[i] + bp[c], a);
-            dxp[i] = gz;
+            const float gz = gp[i] * act_slope<0>(load(xp, i) + bp[c], a);
+            store(dxp, i, gz);
             return gz;
         });
     });
     return {dx, reduce_blocks(part_b, g, blocks).sum(0)};
+}
+
+// Returns (dx in x's dtype, dbias [C]); grad (float32) and x share sizes and strides.
+std::vector<at::Tensor> skip_epilogue_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& bias,
+                                                  double clamp) {
+    const Geometry g = geometry_of(x, "x", /*bf16_ok=*/true);
+    check_same(grad, x, "grad");
+    check_bias(bias, g);
+    const ActParams a = act_params(0.0, 1.0, clamp);
+    if (x.scalar_type() == at::kBFloat16) return skip_epilogue_backward_impl<uint16_t>(grad, x, bias, g, a);
+    return skip_epilogue_backward_impl<float>(grad, x, bias, g, a);
 }
 
 TORCH_LIBRARY_FRAGMENT(triplane3d_cpu, m) {
