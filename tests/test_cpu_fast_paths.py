@@ -102,3 +102,37 @@ def test_bias_act_cpu_kernel_matches_ref(monkeypatch, cpu_kernels_module, layout
     for got, want in zip(*results):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     assert calls and set(calls) == {0, 2}  # forward and gradient-from-y modes both ran in C++
+
+
+@pytest.mark.parametrize("layout", list(BIAS_ACT_LAYOUTS))
+@pytest.mark.parametrize("act,clamp,gain", [("lrelu", None, 1.4), ("linear", 0.8, 2.0)])
+def test_bias_act_cpu_kernel_in_bfloat16_rounds_the_float32_result(monkeypatch, cpu_kernels_module, layout, act,
+                                                                     clamp, gain):
+    """bf16 tensors (a CPU bf16 block's): computed in float32, each stored element rounded once."""
+    from torch_utils.ops import bias_act as ba
+
+    module = cpu_kernels_module
+    calls = []
+    monkeypatch.setattr(ba._cpu_plugin, "_module",
+                        type("Spy", (), {"bias_act_cpu": staticmethod(lambda *a: calls.append(a[0].dtype) or
+                                                                      module.bias_act_cpu(*a))})())
+    shape, dim, channels_last = BIAS_ACT_LAYOUTS[layout]
+    gen = torch.Generator().manual_seed(6)
+    x = (torch.randn(shape, generator=gen) * 1.5).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    b = None if dim is None else (torch.randn(shape[dim], generator=gen) * 0.3).bfloat16()
+    dy = torch.randn(shape, generator=gen).bfloat16()
+    results = []
+    for dtype, impl in ((torch.bfloat16, None), (torch.float32, "ref")):
+        xi = x.to(dtype).requires_grad_(True)
+        bi = None if b is None else b.to(dtype)
+        y = bias_act(xi, bi, dim=dim or 1, act=act, gain=gain, clamp=clamp, impl=impl)
+        results.append((y, *torch.autograd.grad(y, [xi], dy.to(dtype))))
+    (y, dx), (y32, dx32) = results
+    assert y.dtype == dx.dtype == torch.bfloat16 and y.stride() == x.stride()
+    torch.testing.assert_close(y.float(), y32, rtol=2 ** -8, atol=0)
+    # The slope is read from the stored y, which bf16 may round onto the clamp.
+    away = torch.ones_like(y32, dtype=torch.bool) if clamp is None else (y32.abs() < clamp * (1 - 2 ** -7))
+    torch.testing.assert_close(dx.float()[away], dx32[away], rtol=2 ** -8, atol=0)
+    assert calls == [torch.bfloat16, torch.bfloat16]  # forward and gradient, both in C++

@@ -135,6 +135,49 @@ def test_skip_epilogue_of_bfloat16_x_computes_in_float32(kernel_calls, channels_
     assert ("skip_epilogue_backward" in kernel_calls) == (clamp is not None)
 
 
+def _rel_err(got, want):
+    return float((got.double() - want.double()).norm() / want.double().norm())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scale_channels_of_bfloat16_rounds_the_float32_result(kernel_calls, channels_last):
+    """bf16 x and gradient: the kernels compute in float32 and round each stored element once."""
+    t = _tensors((2, 16, 9, 11), channels_last, seed=7)
+    out = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        x = t["x"].bfloat16().to(dtype).requires_grad_(True)  # the same values in both dtypes
+        s = t["s"].clone().requires_grad_(True)
+        y = modulate.scale_channels(x, s)
+        out[dtype] = (y, *torch.autograd.grad(y, [x, s], t["g"].bfloat16().to(dtype)))
+    (y, dx, ds), (y32, dx32, ds32) = out[torch.bfloat16], out[torch.float32]
+    assert y.dtype == dx.dtype == torch.bfloat16 and ds.dtype == torch.float32 and y.stride() == y32.stride()
+    assert torch.equal(y, y32.bfloat16()) and torch.equal(dx, dx32.bfloat16())
+    torch.testing.assert_close(ds, ds32, rtol=1e-5, atol=1e-5)  # the same float32 sums
+    assert kernel_calls.count("scale_channels") == 4 and kernel_calls.count("channel_dot") == 2
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("act,clamp", [("lrelu", 1.0), ("linear", None)])
+def test_epilogue_of_bfloat16_rounds_the_float32_result(kernel_calls, channels_last, act, clamp):
+    t = _tensors((2, 16, 9, 11), channels_last, seed=8)
+    out = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        x = t["x"].bfloat16().to(dtype).requires_grad_(True)
+        d, z, b = (t[k].clone().requires_grad_(True) for k in ("d", "noise", "bias"))
+        y = modulate.modulated_epilogue(x, d, z, b, act=act, gain=1.4, clamp=clamp)
+        out[dtype] = (y, *torch.autograd.grad(y, [x, d, z, b], t["g"].bfloat16().to(dtype)))
+    (y, dx, *sums), (y32, dx32, *sums32) = out[torch.bfloat16], out[torch.float32]
+    assert y.dtype == dx.dtype == torch.bfloat16 and all(v.dtype == torch.float32 for v in sums)
+    torch.testing.assert_close(y.float(), y32, rtol=2 ** -8, atol=0)  # one rounding
+    # The slope is read from the stored output, so it may differ where bf16 rounded y onto the clamp.
+    away = torch.ones_like(y32, dtype=torch.bool) if clamp is None else (y32.abs() < clamp * (1 - 2 ** -7))
+    assert away.float().mean() > 0.5
+    torch.testing.assert_close(dx.float()[away], dx32[away], rtol=2 ** -8, atol=0)
+    for got, want in zip(sums, sums32):  # dd, dnoise, dbias: float32 sums of the same terms
+        assert _rel_err(got, want) < 1e-2
+    assert kernel_calls == ["epilogue_forward", "epilogue_backward"] * 2
+
+
 def test_bfloat16_rounding_of_the_kernel_matches_torch(kernel_calls):
     """dx's float32 -> bfloat16 rounding, on ties, huge values, subnormals, infinities and NaN."""
     bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F80C000, 0x7F7FFFFF, 0x00000001, 0x00018000, 0x80008000,

@@ -169,9 +169,9 @@ class CpuPlugin(_Plugin):
 
     kind = "CPU"
 
-    def __init__(self, name: str, sources: Sequence[str], namespace: str,
+    def __init__(self, name: str, sources: Sequence[str], namespace: str, headers: Sequence[str] = (),
                  source_dir: Optional[os.PathLike] = None) -> None:
-        super().__init__(name, sources, (), source_dir)
+        super().__init__(name, sources, headers, source_dir)
         self.namespace = namespace
         self.enabled = True  # False: get() answers None, so the ops take their PyTorch paths
 

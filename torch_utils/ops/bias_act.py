@@ -160,7 +160,7 @@ def _bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor], dim: int, spec: Ea
 # ---------------------------------------------------------------------------------------------
 # CPU fast path for the piecewise-linear activations: the kernel contract of the CUDA path
 # (forward and derivative-from-output modes), met by the C++ kernel of bias_act_cpu.cpp (one
-# pass over memory per call) for float32, else by in-place torch ops (three passes instead of
+# pass over memory per call) for float32 and bfloat16, else by in-place torch ops (three passes instead of
 # five allocating ones). Either way the backward reads only y.
 
 _CPU_ACTS = ("linear", "relu", "lrelu")
@@ -170,7 +170,7 @@ def _cpu_kernel(x, b, y, g, mode, act_index, dim, alpha, gain, clamp, stream):
     """CPU stand-in for the plugin's bias_act (linear/relu/lrelu with gain > 0; modes 0 and 2)."""
     del stream
     lay = x if mode == _FORWARD else y
-    if lay.dtype == torch.float32:
+    if lay.dtype in (torch.float32, torch.bfloat16) and (mode == _FORWARD or g.dtype == y.dtype):
         module = _cpu_plugin.get()
         if module is not None:
             return module.bias_act_cpu(x, b, y, g, mode, act_index, dim, alpha, gain, clamp)

@@ -12,6 +12,9 @@
 // element at memory offset o belongs to channel (o / stride(dim)) % size(dim), so the kernel
 // walks memory linearly: blocks of stride(dim) elements share one bias (NCHW), or, when
 // stride(dim) == 1 (channels-last), every row of size(dim) elements holds the whole bias.
+//
+// x, b, y, g and dx are all float32 or all bfloat16 (a CPU bf16 block's, see
+// torch_utils/precision.py); bf16 elements are computed on in float32 and rounded once.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -20,11 +23,18 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "cpu_elements.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
 namespace {
+
+using triplane3d_cpu::dispatch_elem;
+using triplane3d_cpu::elements;
+using triplane3d_cpu::load;
+using triplane3d_cpu::store;
 
 constexpr int64_t kGrain = 1 << 15;  // elements per task: big enough to hide thread start-up
 
@@ -69,42 +79,42 @@ void dispatch(int64_t kind, bool clamp, F body) {
     else clamp ? body(I2(), T()) : body(I2(), N());
 }
 
-template <int K, bool CLAMP>
-void forward_kernel(const float* x, const float* b, float* y, int64_t n, int64_t C, int64_t inner, const Act& a) {
+template <int K, bool CLAMP, typename T>
+void forward_kernel(const T* x, const T* b, T* y, int64_t n, int64_t C, int64_t inner, const Act& a) {
     if (b == nullptr) {
         at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
-            for (int64_t i = i0; i < i1; ++i) y[i] = act_forward<K, CLAMP>(x[i], a);
+            for (int64_t i = i0; i < i1; ++i) store(y, i, act_forward<K, CLAMP>(load(x, i), a));
         });
     } else if (inner == 1) {  // channels-last: rows of C
         const int64_t rows = n / C;
         at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
             for (int64_t r = r0; r < r1; ++r) {
-                const float* xr = x + r * C;
-                float* yr = y + r * C;
+                const T* xr = x + r * C;
+                T* yr = y + r * C;
 #pragma omp simd
-                for (int64_t c = 0; c < C; ++c) yr[c] = act_forward<K, CLAMP>(xr[c] + b[c], a);
+                for (int64_t c = 0; c < C; ++c) store(yr, c, act_forward<K, CLAMP>(load(xr, c) + load(b, c), a));
             }
         });
     } else {  // blocks of `inner` elements share channel (block % C)
         const int64_t blocks = n / inner;
         at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / inner), [&](int64_t k0, int64_t k1) {
             for (int64_t k = k0; k < k1; ++k) {
-                const float bias = b[k % C];
-                const float* xk = x + k * inner;
-                float* yk = y + k * inner;
+                const float bias = load(b, k % C);
+                const T* xk = x + k * inner;
+                T* yk = y + k * inner;
 #pragma omp simd
-                for (int64_t j = 0; j < inner; ++j) yk[j] = act_forward<K, CLAMP>(xk[j] + bias, a);
+                for (int64_t j = 0; j < inner; ++j) store(yk, j, act_forward<K, CLAMP>(load(xk, j) + bias, a));
             }
         });
     }
 }
 
-template <int K, bool CLAMP>
-void grad_kernel(const float* g, const float* y, float* dx, int64_t n, const Act& a) {
+template <int K, bool CLAMP, typename T>
+void grad_kernel(const T* g, const T* y, T* dx, int64_t n, const Act& a) {
     at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
-        for (int64_t i = i0; i < i1; ++i) dx[i] = act_grad<K, CLAMP>(g[i], y[i], a);
+        for (int64_t i = i0; i < i1; ++i) store(dx, i, act_grad<K, CLAMP>(load(g, i), load(y, i), a));
     });
 }
 
@@ -118,31 +128,38 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tens
     const Act a{static_cast<float>(alpha), static_cast<float>(gain), static_cast<float>(clamp)};
     const bool clamps = clamp >= 0;
     if (mode == 0) {
-        TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "bias_act_cpu: x must be a float32 CPU tensor");
+        TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+                    "bias_act_cpu: x must be a float32 or bfloat16 CPU tensor");
         TORCH_CHECK(x.is_non_overlapping_and_dense(), "bias_act_cpu: x must be dense (contiguous or channels-last)");
         auto out = at::empty_like(x);
         const bool has_b = b.numel() > 0;
         if (has_b) {
-            TORCH_CHECK(b.dim() == 1 && b.size(0) == x.size(dim) && b.scalar_type() == at::kFloat && b.is_contiguous(),
-                        "bias_act_cpu: b must be a contiguous float32 vector of x.size(dim) elements");
+            TORCH_CHECK(b.dim() == 1 && b.size(0) == x.size(dim) && b.scalar_type() == x.scalar_type() &&
+                        b.is_contiguous(), "bias_act_cpu: b must be a contiguous vector of x.size(dim) elements in x's dtype");
         }
         const int64_t C = has_b ? x.size(dim) : 1, inner = has_b ? x.stride(dim) : 1;
-        dispatch(act_index, clamps, [&](auto kind, auto clamped) {
-            forward_kernel<decltype(kind)::value, decltype(clamped)::value>(
-                x.data_ptr<float>(), has_b ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(), x.numel(), C,
-                inner, a);
+        dispatch_elem(x, [&](auto tag) {
+            using T = decltype(tag);
+            dispatch(act_index, clamps, [&](auto kind, auto clamped) {
+                forward_kernel<decltype(kind)::value, decltype(clamped)::value>(
+                    elements<const T>(x), has_b ? elements<const T>(b) : nullptr, elements<T>(out), x.numel(), C,
+                    inner, a);
+            });
         });
         return out;
     }
     TORCH_CHECK(mode == 2, "bias_act_cpu: mode must be 0 (forward) or 2 (gradient from y), got ", mode);
-    TORCH_CHECK(y.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat,
-                "bias_act_cpu: y and g must be float32");
+    TORCH_CHECK((y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16) && g.scalar_type() == y.scalar_type(),
+                "bias_act_cpu: y and g must both be float32 or both bfloat16");
     TORCH_CHECK(y.is_non_overlapping_and_dense() && g.strides() == y.strides() && g.sizes() == y.sizes(),
                 "bias_act_cpu: y must be dense and g must have y's sizes and strides");
     auto dx = at::empty_like(y);
-    dispatch(act_index, clamps, [&](auto kind, auto clamped) {
-        grad_kernel<decltype(kind)::value, decltype(clamped)::value>(g.data_ptr<float>(), y.data_ptr<float>(),
-                                                                      dx.data_ptr<float>(), y.numel(), a);
+    dispatch_elem(y, [&](auto tag) {
+        using T = decltype(tag);
+        dispatch(act_index, clamps, [&](auto kind, auto clamped) {
+            grad_kernel<decltype(kind)::value, decltype(clamped)::value>(elements<const T>(g), elements<const T>(y),
+                                                                          elements<T>(dx), y.numel(), a);
+        });
     });
     return dx;
 }

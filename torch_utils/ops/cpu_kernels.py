@@ -16,7 +16,7 @@ __all__ = ["plugin", "kernels_enabled"]
 
 plugin = CpuPlugin("triplane3d_cpu_ops", sources=["bias_act_cpu.cpp", "modulate_cpu.cpp", "plane_sample_cpu.cpp",
                                                     "mlp_cpu.cpp"],
-                   namespace="triplane3d_cpu")
+                   namespace="triplane3d_cpu", headers=["cpu_elements.h"])
 
 
 @contextlib.contextmanager

@@ -11,8 +11,10 @@
   `bias_act(x, bias, clamp=clamp) + skip`, in one pass forward and one backward (at a
   tri-plane's 256x256x96 that is five passes over 100 MB forward instead of three).
 
-On a CPU with float32 tensors in NCHW or channels-last memory the compiled kernels
-(`modulate_cpu.cpp`, built on first use) run; elsewhere, and with `impl='ref'`, plain torch ops.
+On a CPU with float32 or bfloat16 activations (a bf16 block's, torch_utils/precision.py) in
+NCHW or channels-last memory, and float32 styles, coefficients, noise and bias, the compiled
+kernels (`modulate_cpu.cpp`, built on first use) run, summing in float32; elsewhere, and with
+`impl='ref'`, plain torch ops.
 They replace, per layer and step, six to eight passes over the activations by three.
 
 The epilogue kernel's gradient is not differentiable again (no double backward through a
@@ -22,7 +24,7 @@ reductions are bitwise reproducible across thread counts.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -46,15 +48,18 @@ def _dense_layout(t: torch.Tensor) -> Optional[torch.memory_format]:
     return None
 
 
-def _module_for(*tensors: torch.Tensor, bf16_first: bool = False):
-    """The compiled module when every tensor is a float32 CPU tensor and the first is dense 4-D
-    (with ``bf16_first``, the first may be bfloat16)."""
-    x = tensors[0]
+def _module_for(x: torch.Tensor, *floats: torch.Tensor, like_x: Sequence[torch.Tensor] = (),
+                bf16: bool = True):
+    """The compiled module when every tensor is on the CPU, x is dense 4-D and float32 (or, with
+    ``bf16``, bfloat16), ``floats`` are float32 and ``like_x`` have x's dtype."""
     if x.ndim != 4 or x.numel() == 0 or _dense_layout(x) is None:
         return None
-    if any(t.device.type != "cpu" for t in tensors) or any(t.dtype != torch.float32 for t in tensors[1:]):
+    if x.dtype != torch.float32 and not (bf16 and x.dtype == torch.bfloat16):
         return None
-    if x.dtype != torch.float32 and not (bf16_first and x.dtype == torch.bfloat16):
+    tensors = (x, *floats, *like_x)
+    if any(t.device.type != "cpu" for t in tensors) or any(t.dtype != torch.float32 for t in floats):
+        return None
+    if any(t.dtype != x.dtype for t in like_x):
         return None
     return _plugin.get()
 
@@ -78,7 +83,7 @@ def channel_dot(a: torch.Tensor, b: torch.Tensor, impl: Optional[str] = None) ->
     if a.shape != b.shape or a.ndim != 4:
         raise ValueError(f"modulate: channel_dot needs two [N,C,H,W] tensors of one shape, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
-    if impl is None and _module_for(a, b) is not None:
+    if impl is None and _module_for(a, like_x=[b]) is not None:
         return _ChannelDot.apply(a, b)
     return (a * b).sum(dim=[2, 3])
 
@@ -128,8 +133,8 @@ def modulated_epilogue(x: torch.Tensor, d: torch.Tensor, noise: Optional[torch.T
         raise ValueError(f"modulate: noise must be [N or 1,1,H,W] for x of shape {tuple(x.shape)}, "
                          f"got {tuple(noise.shape)}")
     clamp_value = -1.0 if clamp is None or clamp < 0 else float(clamp)
-    tensors = [t for t in (x, d, noise, bias) if t is not None]
-    if impl is None and act in _EPILOGUE_ACTS and gain > 0 and _module_for(*tensors) is not None:
+    floats = [t for t in (d, noise, bias) if t is not None]
+    if impl is None and act in _EPILOGUE_ACTS and gain > 0 and _module_for(x, *floats) is not None:
         alpha = float(bias_act_op.activation_funcs[act].def_alpha)
         return _Epilogue.apply(x, d, noise, bias, (_EPILOGUE_ACTS[act], alpha, float(gain), clamp_value))
     scale = d.to(x.dtype).reshape(n, c, 1, 1)
@@ -183,8 +188,8 @@ def skip_epilogue(x: torch.Tensor, bias: torch.Tensor, skip: Optional[torch.Tens
     if skip is not None and skip.shape != x.shape:
         raise ValueError(f"modulate: skip must have x's shape {tuple(x.shape)}, got {tuple(skip.shape)}")
     clamp_value = -1.0 if clamp is None or clamp < 0 else float(clamp)
-    tensors = [x, bias] if skip is None else [x, bias, skip]
-    if (impl is None and _module_for(*tensors, bf16_first=skip is not None) is not None
+    floats = [bias] if skip is None else [bias, skip]
+    if (impl is None and _module_for(x, *floats, bf16=skip is not None) is not None
             and (skip is None or skip.stride() == x.stride())):
         return _SkipEpilogue.apply(x, bias, skip, clamp_value)
     y = bias_act_op.bias_act(x, bias.to(x.dtype), clamp=clamp)

@@ -8,9 +8,10 @@
 //   skip_epilogue_forward      y = clamp(x + bias[c]) + skip     (ToRGB's bias and the skip sum)
 //   skip_epilogue_backward     from g = dL/dy: dx, dbias[c]      (dskip is g itself)
 //
-// The skip epilogue also takes bfloat16 x (a CPU bf16 block's ToRGB output, see
-// torch_utils/precision.py) with a float32 skip: it computes in float32, returns float32 y
-// and gives dx in bfloat16, one pass each, instead of bias_act in bf16, a conversion and a sum.
+// Element tensors (x, y, their gradients) are float32 or bfloat16 (a CPU bf16 block's
+// activations, see torch_utils/precision.py); scales, noise, bias and every sum are float32,
+// so bf16 costs one rounding per stored element. The skip epilogue's skip and y are float32
+// whatever x is (the running skip image stays float32); its dx has x's dtype.
 //
 // x is [N,C,H,W] (p runs over the H*W pixels), dense in NCHW or channels-last memory; all
 // element tensors of one call share that layout. act is linear, relu or lrelu with gain > 0,
@@ -28,14 +29,20 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "cpu_elements.h"
+
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 namespace {
+
+using triplane3d_cpu::dispatch_elem;
+using triplane3d_cpu::elements;
+using triplane3d_cpu::load;
+using triplane3d_cpu::store;
 
 constexpr int64_t kBlock = 512;  // pixels per reduction block
 
@@ -47,19 +54,20 @@ struct Geometry {
     }
 };
 
-Geometry geometry_of(const at::Tensor& x, const char* what, bool bf16_ok = false) {
-    TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || (bf16_ok && x.scalar_type() == at::kBFloat16)),
-                "modulate_cpu: ", what, bf16_ok ? " must be a float32 or bfloat16 CPU tensor" :
-                " must be a float32 CPU tensor");
+Geometry geometry_of(const at::Tensor& x, const char* what) {
+    TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+                "modulate_cpu: ", what, " must be a float32 or bfloat16 CPU tensor");
     TORCH_CHECK(x.dim() == 4, "modulate_cpu: ", what, " must be [N,C,H,W], got ", x.sizes());
     const bool cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
     TORCH_CHECK(cl || x.is_contiguous(), "modulate_cpu: ", what, " must be contiguous or channels-last");
     return {x.size(0), x.size(1), x.size(2) * x.size(3), cl};
 }
 
-void check_same(const at::Tensor& t, const at::Tensor& like, const char* what) {
-    TORCH_CHECK(t.scalar_type() == at::kFloat && t.sizes() == like.sizes() && t.strides() == like.strides(),
-                "modulate_cpu: ", what, " must be float32 with x's sizes and strides");
+// t has like's sizes and strides, and the dtype `dtype`.
+void check_same(const at::Tensor& t, const at::Tensor& like, const char* what, at::ScalarType dtype) {
+    TORCH_CHECK(t.scalar_type() == dtype && t.sizes() == like.sizes() && t.strides() == like.strides(),
+                "modulate_cpu: ", what, " must be ", dtype == at::kFloat ? "float32" : "bfloat16",
+                " with x's sizes and strides");
 }
 
 void check_nc(const at::Tensor& s, const Geometry& g, const char* what) {
@@ -71,29 +79,6 @@ void check_nc(const at::Tensor& s, const Geometry& g, const char* what) {
 void check_bias(const at::Tensor& bias, const Geometry& g) {
     TORCH_CHECK(bias.is_contiguous() && bias.numel() == g.C && bias.scalar_type() == at::kFloat,
                 "modulate_cpu: bias must be a contiguous float32 [C]");
-}
-
-// Element access for float32 and bfloat16 (stored as its upper 16 bits of a float32) tensors.
-// Written as integer arithmetic so that the loops vectorise; rounding to bf16 is to nearest
-// even, and a NaN becomes the quiet NaN 0x7FC0, as in c10::BFloat16.
-inline float load(const float* p, int64_t i) { return p[i]; }
-inline float load(const uint16_t* p, int64_t i) {
-    const uint32_t u = static_cast<uint32_t>(p[i]) << 16;
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-}
-inline void store(float* p, int64_t i, float v) { p[i] = v; }
-inline void store(uint16_t* p, int64_t i, float v) {
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
-    p[i] = static_cast<uint16_t>(nan ? 0x7FC0u : rounded);
-}
-template <typename T>
-T* elements(const at::Tensor& t) {
-    return reinterpret_cast<T*>(t.data_ptr());
 }
 
 // The activation as a compile-time kind (0 linear, 1 relu, 2 lrelu), so the inner loops
@@ -186,38 +171,44 @@ at::Tensor scale_channels(const at::Tensor& x, const at::Tensor& s) {
     const Geometry g = geometry_of(x, "x");
     check_nc(s, g, "s");
     auto y = at::empty_like(x);
-    const float* xp = x.data_ptr<float>();
-    const float* sp = s.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
-    for_blocks(g, [&](int64_t n, int64_t, int64_t p0, int64_t p1) {
-        const float* sn = sp + n * g.C;
-        if (g.channels_last) {
-            for (int64_t p = p0; p < p1; ++p) {
-                const int64_t o = g.at(n, 0, p);
+    dispatch_elem(x, [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = elements<const T>(x);
+        const float* sp = s.data_ptr<float>();
+        T* yp = elements<T>(y);
+        for_blocks(g, [&](int64_t n, int64_t, int64_t p0, int64_t p1) {
+            const float* sn = sp + n * g.C;
+            if (g.channels_last) {
+                for (int64_t p = p0; p < p1; ++p) {
+                    const int64_t o = g.at(n, 0, p);
 #pragma omp simd
-                for (int64_t c = 0; c < g.C; ++c) yp[o + c] = xp[o + c] * sn[c];
-            }
-        } else {
-            for (int64_t c = 0; c < g.C; ++c) {
-                const int64_t o = g.at(n, c, 0);
+                    for (int64_t c = 0; c < g.C; ++c) store(yp, o + c, load(xp, o + c) * sn[c]);
+                }
+            } else {
+                for (int64_t c = 0; c < g.C; ++c) {
+                    const int64_t o = g.at(n, c, 0);
 #pragma omp simd
-                for (int64_t p = p0; p < p1; ++p) yp[o + p] = xp[o + p] * sn[c];
+                    for (int64_t p = p0; p < p1; ++p) store(yp, o + p, load(xp, o + p) * sn[c]);
+                }
             }
-        }
+        });
     });
     return y;
 }
 
 at::Tensor channel_dot(const at::Tensor& a, const at::Tensor& b) {
     const Geometry g = geometry_of(a, "a");
-    check_same(b, a, "b");
+    check_same(b, a, "b", a.scalar_type());
     const int64_t blocks = (g.P + kBlock - 1) / kBlock;
     std::vector<float> partial(static_cast<size_t>(g.N * blocks * g.C), 0.f);
-    const float* ap = a.data_ptr<float>();
-    const float* bp = b.data_ptr<float>();
-    for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
-        sum_per_channel(g, n, p0, p1, partial.data() + (n * blocks + blk) * g.C,
-                        [&](int64_t i, int64_t) { return ap[i] * bp[i]; });
+    dispatch_elem(a, [&](auto tag) {
+        using T = decltype(tag);
+        const T* ap = elements<const T>(a);
+        const T* bp = elements<const T>(b);
+        for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
+            sum_per_channel(g, n, p0, p1, partial.data() + (n * blocks + blk) * g.C,
+                            [&](int64_t i, int64_t) { return load(ap, i) * load(bp, i); });
+        });
     });
     return reduce_blocks(partial, g, blocks);
 }
@@ -235,32 +226,35 @@ at::Tensor epilogue_forward(const at::Tensor& x, const at::Tensor& d, const at::
     const ActParams a = act_params(alpha, gain, clamp);
     auto y = at::empty_like(x);
     const std::vector<float> zeros(static_cast<size_t>(std::max(g.C, g.P)), 0.f);  // stands for absent bias / noise
-    const float* xp = x.data_ptr<float>();
     const float* dp = d.data_ptr<float>();
     const float* bp = has_bias ? bias.data_ptr<float>() : zeros.data();
-    float* yp = y.data_ptr<float>();
-    dispatch_act(act, [&](auto kind) {
-        constexpr int K = decltype(kind)::value;
-        for_blocks(g, [&](int64_t n, int64_t, int64_t p0, int64_t p1) {
-            const float* dn = dp + n * g.C;
-            const float* nn = has_noise ? noise.data_ptr<float>() + n * g.P : zeros.data();
-            if (g.channels_last) {
-                for (int64_t p = p0; p < p1; ++p) {
-                    const float* xr = xp + g.at(n, 0, p);
-                    float* yr = yp + g.at(n, 0, p);
-                    const float z = nn[p];
+    dispatch_elem(x, [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = elements<const T>(x);
+        T* yp = elements<T>(y);
+        dispatch_act(act, [&](auto kind) {
+            constexpr int K = decltype(kind)::value;
+            for_blocks(g, [&](int64_t n, int64_t, int64_t p0, int64_t p1) {
+                const float* dn = dp + n * g.C;
+                const float* nn = has_noise ? noise.data_ptr<float>() + n * g.P : zeros.data();
+                if (g.channels_last) {
+                    for (int64_t p = p0; p < p1; ++p) {
+                        const T* xr = xp + g.at(n, 0, p);
+                        T* yr = yp + g.at(n, 0, p);
+                        const float z = nn[p];
 #pragma omp simd
-                    for (int64_t c = 0; c < g.C; ++c) yr[c] = act_forward<K>(xr[c] * dn[c] + z + bp[c], a);
-                }
-            } else {
-                for (int64_t c = 0; c < g.C; ++c) {
-                    const float* xr = xp + g.at(n, c, 0);
-                    float* yr = yp + g.at(n, c, 0);
-                    const float dc = dn[c], bc = bp[c];
+                        for (int64_t c = 0; c < g.C; ++c) store(yr, c, act_forward<K>(load(xr, c) * dn[c] + z + bp[c], a));
+                    }
+                } else {
+                    for (int64_t c = 0; c < g.C; ++c) {
+                        const T* xr = xp + g.at(n, c, 0);
+                        T* yr = yp + g.at(n, c, 0);
+                        const float dc = dn[c], bc = bp[c];
 #pragma omp simd
-                    for (int64_t p = p0; p < p1; ++p) yr[p] = act_forward<K>(xr[p] * dc + nn[p] + bc, a);
+                        for (int64_t p = p0; p < p1; ++p) store(yr, p, act_forward<K>(load(xr, p) * dc + nn[p] + bc, a));
+                    }
                 }
-            }
+            });
         });
     });
     return y;
@@ -271,64 +265,67 @@ std::vector<at::Tensor> epilogue_backward(const at::Tensor& grad, const at::Tens
                                              const at::Tensor& d, int64_t act, double alpha, double gain,
                                              double clamp) {
     const Geometry g = geometry_of(x, "x");
-    check_same(y, x, "y");
-    check_same(grad, x, "grad");
+    check_same(y, x, "y", x.scalar_type());
+    check_same(grad, x, "grad", x.scalar_type());
     check_nc(d, g, "d");
     const ActParams a = act_params(alpha, gain, clamp);
     const int64_t blocks = (g.P + kBlock - 1) / kBlock;
     auto dx = at::empty_like(x);
-    auto dnoise = at::empty({g.N, g.P}, x.options().memory_format(at::MemoryFormat::Contiguous));
+    auto dnoise = at::empty({g.N, g.P}, x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
     std::vector<float> part_d(static_cast<size_t>(g.N * blocks * g.C), 0.f);
     std::vector<float> part_b(static_cast<size_t>(g.N * blocks * g.C), 0.f);
-    const float* gp = grad.data_ptr<float>();
-    const float* xp = x.data_ptr<float>();
-    const float* yp = y.data_ptr<float>();
     const float* dp = d.data_ptr<float>();
-    float* dxp = dx.data_ptr<float>();
     float* dnp = dnoise.data_ptr<float>();
-    dispatch_act(act, [&](auto kind) {
-        constexpr int K = decltype(kind)::value;
-        for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
-            const float* dn = dp + n * g.C;
-            float* acc_d = part_d.data() + (n * blocks + blk) * g.C;
-            float* acc_b = part_b.data() + (n * blocks + blk) * g.C;
-            float* noise_n = dnp + n * g.P;
-            if (g.channels_last) {
-                for (int64_t p = p0; p < p1; ++p) {
-                    const int64_t o = g.at(n, 0, p);
-                    const float *gr = gp + o, *xr = xp + o, *yr = yp + o;
-                    float* dxr = dxp + o;
-                    float sum_c = 0.f;
-#pragma omp simd reduction(+ : sum_c)
-                    for (int64_t c = 0; c < g.C; ++c) {
-                        const float gz = gr[c] * act_slope<K>(yr[c], a);
-                        dxr[c] = gz * dn[c];
-                        acc_d[c] += gz * xr[c];
-                        acc_b[c] += gz;
-                        sum_c += gz;
-                    }
-                    noise_n[p] = sum_c;
-                }
-            } else {
-                std::fill(noise_n + p0, noise_n + p1, 0.f);
-                for (int64_t c = 0; c < g.C; ++c) {
-                    const int64_t o = g.at(n, c, 0);
-                    const float *gr = gp + o, *xr = xp + o, *yr = yp + o;
-                    float* dxr = dxp + o;
-                    const float dc = dn[c];
-                    float sd = 0.f, sb = 0.f;
-#pragma omp simd reduction(+ : sd, sb)
+    dispatch_elem(x, [&](auto tag) {
+        using T = decltype(tag);
+        const T* gp = elements<const T>(grad);
+        const T* xp = elements<const T>(x);
+        const T* yp = elements<const T>(y);
+        T* dxp = elements<T>(dx);
+        dispatch_act(act, [&](auto kind) {
+            constexpr int K = decltype(kind)::value;
+            for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
+                const float* dn = dp + n * g.C;
+                float* acc_d = part_d.data() + (n * blocks + blk) * g.C;
+                float* acc_b = part_b.data() + (n * blocks + blk) * g.C;
+                float* noise_n = dnp + n * g.P;
+                if (g.channels_last) {
                     for (int64_t p = p0; p < p1; ++p) {
-                        const float gz = gr[p] * act_slope<K>(yr[p], a);
-                        dxr[p] = gz * dc;
-                        sd += gz * xr[p];
-                        sb += gz;
-                        noise_n[p] += gz;
+                        const int64_t o = g.at(n, 0, p);
+                        const T *gr = gp + o, *xr = xp + o, *yr = yp + o;
+                        T* dxr = dxp + o;
+                        float sum_c = 0.f;
+#pragma omp simd reduction(+ : sum_c)
+                        for (int64_t c = 0; c < g.C; ++c) {
+                            const float gz = load(gr, c) * act_slope<K>(load(yr, c), a);
+                            store(dxr, c, gz * dn[c]);
+                            acc_d[c] += gz * load(xr, c);
+                            acc_b[c] += gz;
+                            sum_c += gz;
+                        }
+                        noise_n[p] = sum_c;
                     }
-                    acc_d[c] = sd;
-                    acc_b[c] = sb;
+                } else {
+                    std::fill(noise_n + p0, noise_n + p1, 0.f);
+                    for (int64_t c = 0; c < g.C; ++c) {
+                        const int64_t o = g.at(n, c, 0);
+                        const T *gr = gp + o, *xr = xp + o, *yr = yp + o;
+                        T* dxr = dxp + o;
+                        const float dc = dn[c];
+                        float sd = 0.f, sb = 0.f;
+#pragma omp simd reduction(+ : sd, sb)
+                        for (int64_t p = p0; p < p1; ++p) {
+                            const float gz = load(gr, p) * act_slope<K>(load(yr, p), a);
+                            store(dxr, p, gz * dc);
+                            sd += gz * load(xr, p);
+                            sb += gz;
+                            noise_n[p] += gz;
+                        }
+                        acc_d[c] = sd;
+                        acc_b[c] = sb;
+                    }
                 }
-            }
+            });
         });
     });
     auto dd = reduce_blocks(part_d, g, blocks);
@@ -371,9 +368,10 @@ at::Tensor skip_epilogue_forward_impl(const at::Tensor& x, const at::Tensor& bia
 // skip: x's sizes and strides, or empty (no sum); bias: [C]; clamp < 0: none. x float32 or
 // bfloat16 (then with a skip); y float32.
 at::Tensor skip_epilogue_forward(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& skip, double clamp) {
-    const Geometry g = geometry_of(x, "x", /*bf16_ok=*/true);
+    const Geometry g = geometry_of(x, "x");
     const bool has_skip = skip.numel() > 0;
-    if (has_skip) check_same(skip, x, "skip");
+    if (has_skip) check_same(skip, x, "skip", at::kFloat);
+    TORCH_CHECK(has_skip || x.scalar_type() == at::kFloat, "modulate_cpu: bfloat16 x needs a float32 skip");
     check_bias(bias, g);
     const ActParams a = act_params(0.0, 1.0, clamp);
     if (x.scalar_type() == at::kBFloat16) return skip_epilogue_forward_impl<uint16_t>(x, bias, skip, g, a);
@@ -405,8 +403,8 @@ std::vector<at::Tensor> skip_epilogue_backward_impl(const at::Tensor& grad, cons
 // Returns (dx in x's dtype, dbias [C]); grad (float32) and x share sizes and strides.
 std::vector<at::Tensor> skip_epilogue_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& bias,
                                                   double clamp) {
-    const Geometry g = geometry_of(x, "x", /*bf16_ok=*/true);
-    check_same(grad, x, "grad");
+    const Geometry g = geometry_of(x, "x");
+    check_same(grad, x, "grad", at::kFloat);
     check_bias(bias, g);
     const ActParams a = act_params(0.0, 1.0, clamp);
     if (x.scalar_type() == at::kBFloat16) return skip_epilogue_backward_impl<uint16_t>(grad, x, bias, g, a);
