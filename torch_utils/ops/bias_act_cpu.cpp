@@ -51,18 +51,23 @@ struct Act {
 template <int K, bool CLAMP>
 inline float act_forward(float v, const Act& a) {
     v *= a.gain;
-    if (K == 1) v = v > 0.f ? v : 0.f;
-    if (K == 2) v = v > 0.f ? v : v * a.alpha;
+    // max/min rather than selects: the bfloat16 loops (whose stores are integer arithmetic)
+    // stayed scalar and branchy with selects, 20x slower; the results are the same.
+    if (K == 1) v = std::max(v, 0.f);
+    if (K == 2) v = std::max(v, 0.f) + a.alpha * std::min(v, 0.f);
     if (CLAMP) v = std::min(std::max(v, -a.clamp), a.clamp);
     return v;
 }
 
 template <int K, bool CLAMP>
 inline float act_grad(float g, float y, const Act& a) {
+    // Arithmetic on 0/1 masks rather than selects, so that the bfloat16 loops vectorise too
+    // (exact: pos * gain + (1 - pos) * gain * alpha is one of the two terms).
+    const float pos = static_cast<float>(y > 0.f);
     float slope = a.gain;
-    if (K == 1) slope = y > 0.f ? a.gain : 0.f;
-    if (K == 2) slope = y > 0.f ? a.gain : a.gain * a.alpha;
-    if (CLAMP) slope = (y > -a.clamp && y < a.clamp) ? slope : 0.f;
+    if (K == 1) slope = pos * a.gain;
+    if (K == 2) slope = pos * a.gain + (1.f - pos) * (a.gain * a.alpha);
+    if (CLAMP) slope *= static_cast<float>(y > -a.clamp) * static_cast<float>(y < a.clamp);
     return g * slope;
 }
 
