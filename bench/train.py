@@ -5,6 +5,7 @@
     python bench/train.py --cfg imagenet100 --multiview              # with 3-view discrimination
     python bench/train.py --cfg demo --multiview --profile 30        # + the ops that take the time
     python bench/train.py --cfg imagenet100 --multiview --neural-res 128 --batch 8 --batch-gpu 4   # GPU memory
+    python bench/train.py --cfg imagenet100 --batch 2 --steps 2 --cpu-bf16   # the config's fp16 blocks in bf16 (CPU)
 
 The run uses the config's data set when it exists, otherwise a small synthetic set at the
 config's resolution written to a temporary folder (image content does not change the speed).
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--multiview", action="store_true", help="time with multi-view discrimination on")
     parser.add_argument("--resolution", type=int, default=None, help="data resolution if no data set exists")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="on a CPU, the config's num_fp16_res blocks compute in bfloat16 (train.py --cpu-bf16)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the timed steps, profile --steps more and print the N ops with the most self time")
     args = parser.parse_args()
@@ -63,6 +66,7 @@ def main() -> None:
     opts.batch_gpu = args.batch_gpu
     opts.multiview_at = 0 if args.multiview else None
     opts.workers, opts.resume, opts.kimg = 0, None, 1e9
+    opts.cpu_bf16 = args.cpu_bf16
     opts = validate_options(opts, 1)
     resolution = args.resolution or int(opts.get("resolution", 0) or 0) or _guess_resolution(opts.data)
     device = torch.device(args.device)
@@ -92,7 +96,8 @@ def main() -> None:
     views = opts.views if args.multiview else 1
     print(f"cfg {args.cfg}  device {device}  threads {torch.get_num_threads()}  batch {opts.batch} "
           f"(per round {opts.batch_gpu})  views {views}  resolution {trainer.dataset.resolution}  "
-          f"neural render {trainer._neural_res_at(trainer.cur_nimg) or opts.G.neural_res}")
+          f"neural render {trainer._neural_res_at(trainer.cur_nimg) or opts.G.neural_res}"
+          f"{'  bf16 blocks' if trainer.cpu_bf16 else ''}")
     print(f"sec/kimg {seconds / images * 1000:.1f}  images/s {images / seconds:.2f}  "
           f"s/step {seconds / args.steps:.3f}  peak memory {peak:.2f} GiB")
 
