@@ -165,3 +165,16 @@ def test_check_ddp_consistency_detects_differing_rank(tmp_path):
     assert rank0 == ["ok", "ok"]
     assert "_Net.head.weight" in rank1[0] and "head.bias" not in rank1[0]
     assert rank1[1] == "ok"
+
+
+def test_attribute_set_restores_the_previous_value_even_on_error():
+    from types import SimpleNamespace
+
+    obj = SimpleNamespace(flag=1)
+    with misc.attribute_set(obj, "flag", 2):
+        assert obj.flag == 2
+        with pytest.raises(KeyError):
+            with misc.attribute_set(obj, "flag", 3):
+                raise KeyError("inside")
+        assert obj.flag == 2
+    assert obj.flag == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import re
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, ContextManager, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ __all__ = [
     "copy_params_and_buffers",
     "named_params_and_buffers",
     "same_strides",
+    "attribute_set",
 ]
 
 # ----------------------------------------------------------------------------------------
@@ -311,11 +312,17 @@ def activation_memory_format(device: torch.device, dtype: torch.dtype,
 
 
 @contextlib.contextmanager
-def cpu_channels_last(enabled: bool) -> Iterator[None]:
-    """Within the block, CPU activations are channels-last iff ``enabled`` (tests and benchmarks)."""
-    previous = layout_policy.cpu_channels_last
-    layout_policy.cpu_channels_last = bool(enabled)
+def attribute_set(obj: Any, name: str, value: Any) -> Iterator[None]:
+    """Within the block, ``obj.<name>`` is ``value``; the previous value comes back after it,
+    also on an exception (the switches of the layout, precision and kernel policies)."""
+    previous = getattr(obj, name)
+    setattr(obj, name, value)
     try:
         yield
     finally:
-        layout_policy.cpu_channels_last = previous
+        setattr(obj, name, previous)
+
+
+def cpu_channels_last(enabled: bool) -> ContextManager[None]:
+    """Within the block, CPU activations are channels-last iff ``enabled`` (tests and benchmarks)."""
+    return attribute_set(layout_policy, "cpu_channels_last", bool(enabled))

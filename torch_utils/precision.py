@@ -15,10 +15,11 @@ only a block's activations and its conv weights' copies are reduced.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+from typing import ContextManager
 
 import torch
+
+from torch_utils import misc
 
 __all__ = ["precision_policy", "half_dtype", "cpu_bf16", "cpu_has_fast_bf16"]
 
@@ -40,15 +41,9 @@ def half_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-@contextlib.contextmanager
-def cpu_bf16(enabled: bool) -> Iterator[None]:
+def cpu_bf16(enabled: bool) -> ContextManager[None]:
     """Within the block, ``use_fp16`` blocks on a CPU compute in bfloat16 iff ``enabled``."""
-    previous = precision_policy.cpu_bf16
-    precision_policy.cpu_bf16 = bool(enabled)
-    try:
-        yield
-    finally:
-        precision_policy.cpu_bf16 = previous
+    return misc.attribute_set(precision_policy, "cpu_bf16", bool(enabled))
 
 
 def cpu_has_fast_bf16() -> bool:

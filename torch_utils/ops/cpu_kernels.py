@@ -7,9 +7,9 @@ or None (one warning) where no compiler is available, and the ops then use their
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+from typing import ContextManager
 
+from torch_utils import misc
 from torch_utils.custom_ops import CpuPlugin
 
 __all__ = ["plugin", "kernels_enabled"]
@@ -19,12 +19,6 @@ plugin = CpuPlugin("triplane3d_cpu_ops", sources=["bias_act_cpu.cpp", "modulate_
                    namespace="triplane3d_cpu", headers=["cpu_elements.h"])
 
 
-@contextlib.contextmanager
-def kernels_enabled(enabled: bool) -> Iterator[None]:
+def kernels_enabled(enabled: bool) -> ContextManager[None]:
     """Within the block, the CPU ops use (True) or skip (False) the compiled kernels."""
-    before = plugin.enabled
-    plugin.enabled = enabled
-    try:
-        yield
-    finally:
-        plugin.enabled = before
+    return misc.attribute_set(plugin, "enabled", bool(enabled))
