@@ -471,8 +471,8 @@ class SynthesisNetwork(nn.Module):
 
     Ordinary blocks double the resolution from 4x4; with ``extra_blocks`` each is followed by
     a block of the same structure that keeps the resolution (the paper's deeper backbone).
-    The highest ``num_fp16_res`` resolutions run in fp16 on CUDA (fp32 on CPU), with the
-    activations clamped to +-``conv_clamp``.
+    The highest ``num_fp16_res`` resolutions run in fp16 on CUDA (on a CPU in fp32, or in bf16
+    under ``torch_utils.precision.cpu_bf16``), with the activations clamped to +-``conv_clamp``.
     """
 
     def __init__(self, w_dim: int, img_resolution: int = 256, img_channels: int = 96, channel_base: int = 32768,
