@@ -136,3 +136,23 @@ def test_bias_act_cpu_kernel_in_bfloat16_rounds_the_float32_result(monkeypatch, 
     away = torch.ones_like(y32, dtype=torch.bool) if clamp is None else (y32.abs() < clamp * (1 - 2 ** -7))
     torch.testing.assert_close(dx.float()[away], dx32[away], rtol=2 ** -8, atol=0)
     assert calls == [torch.bfloat16, torch.bfloat16]  # forward and gradient, both in C++
+
+
+def test_bfloat16_upsampling_and_the_downsampling_gradient_compute_in_float32(monkeypatch):
+    """oneDNN's bf16 depthwise transposed conv is slow on a CPU; bf16 tensors take the fp32 one."""
+    seen = []
+    conv_transpose2d = ufd.F.conv_transpose2d
+    monkeypatch.setattr(ufd.F, "conv_transpose2d", lambda x, *a, **k: seen.append(x.dtype) or
+                        conv_transpose2d(x, *a, **k))
+    f = ufd.setup_filter([1, 3, 3, 1])
+    x = torch.randn(2, 5, 8, 8).bfloat16().contiguous(memory_format=torch.channels_last)
+    y = ufd.upsample2d(x, f)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, ufd.upsample2d(x.float(), f).bfloat16())
+    xr = x.clone().requires_grad_(True)
+    d = ufd.downsample2d(xr, f)
+    g = torch.randn(d.shape).bfloat16()
+    (dx,) = torch.autograd.grad(d, xr, g)
+    x32 = x.float().requires_grad_(True)
+    (dx32,) = torch.autograd.grad(ufd.downsample2d(x32, f), x32, g.float())
+    assert dx.dtype == torch.bfloat16 and torch.equal(dx, dx32.bfloat16())
+    assert seen and set(seen) == {torch.float32}
