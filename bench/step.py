@@ -302,7 +302,8 @@ def compare_precision(G, D, inputs, batch: int, repeats: int, warmup: int) -> No
     if not any(getattr(m, "use_fp16", False) for net in (G, D) for m in net.modules()):
         print("  note: no block has num_fp16_res > 0, so both precisions run the same; pass --fp16-res N")
     variants = {f"{'bf16 blocks' if bf16 else 'fp32'}, fakes {'reused' if reuse else 'regenerated'}":
-                (functools.partial(precision.cpu_bf16, bf16), reuse) for bf16 in (False, True) for reuse in (False, True)}
+                (functools.partial(precision.cpu_bf16, bf16), reuse)
+                for bf16 in (False, True) for reuse in (False, True)}
     _interleave(G, D, inputs, batch, repeats, warmup, variants)
 
 

@@ -421,12 +421,10 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
 
     def _log_cpu_bf16(self) -> None:
-        counts = {name: int(kwargs.get("num_fp16_res", 0)) for name, kwargs in
-                  (("backbone", self.opts.G.get("backbone_kwargs", {})), ("super-resolution",
-                   self.opts.G.get("sr_kwargs", {})), ("D", self.opts.D))}
-        self.log("CPU bf16: the highest resolutions of " + ", ".join(f"{name} ({n})" for name, n in counts.items())
-                 + " compute in bfloat16")
-        if not any(counts.values()):
+        g_blocks, d_blocks = (sum(bool(getattr(m, "use_fp16", False)) for m in net.modules())
+                              for net in (self.G, self.D))
+        self.log(f"CPU bf16: {g_blocks} blocks of G and {d_blocks} of D (their num_fp16_res) compute in bfloat16")
+        if g_blocks + d_blocks == 0:
             self.log("  note: every num_fp16_res is 0, so nothing runs in bfloat16; set them in the config")
         if not precision.cpu_has_fast_bf16():
             self.log("  note: this CPU has no native bf16 instructions (AVX512-BF16 or AMX); it will be slower")

@@ -140,7 +140,8 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tens
         const bool has_b = b.numel() > 0;
         if (has_b) {
             TORCH_CHECK(b.dim() == 1 && b.size(0) == x.size(dim) && b.scalar_type() == x.scalar_type() &&
-                        b.is_contiguous(), "bias_act_cpu: b must be a contiguous vector of x.size(dim) elements in x's dtype");
+                        b.is_contiguous(),
+                        "bias_act_cpu: b must be a contiguous vector of x.size(dim) elements in x's dtype");
         }
         const int64_t C = has_b ? x.size(dim) : 1, inner = has_b ? x.stride(dim) : 1;
         dispatch_elem(x, [&](auto tag) {
@@ -154,7 +155,8 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& b, const at::Tens
         return out;
     }
     TORCH_CHECK(mode == 2, "bias_act_cpu: mode must be 0 (forward) or 2 (gradient from y), got ", mode);
-    TORCH_CHECK((y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16) && g.scalar_type() == y.scalar_type(),
+    TORCH_CHECK((y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16) &&
+                    g.scalar_type() == y.scalar_type(),
                 "bias_act_cpu: y and g must both be float32 or both bfloat16");
     TORCH_CHECK(y.is_non_overlapping_and_dense() && g.strides() == y.strides() && g.sizes() == y.sizes(),
                 "bias_act_cpu: y must be dense and g must have y's sizes and strides");

@@ -335,38 +335,6 @@ std::vector<at::Tensor> epilogue_backward(const at::Tensor& grad, const at::Tens
     return {dx, dd, db, dnoise};
 }
 
-// T: x's element type (float, or uint16_t for bfloat16); y is float32.
-template <typename T>
-at::Tensor skip_epilogue_forward_impl(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& skip,
-                                      const Geometry& g, const ActParams& a) {
-    const bool has_skip = skip.numel() > 0;
-    auto y = at::empty_like(x, x.options().dtype(at::kFloat));
-    const std::vector<float> zeros(static_cast<size_t>(std::max(g.C, g.P)), 0.f);  // stands for an absent skip
-    const T* xp = elements<const T>(x);
-    const float* bp = bias.data_ptr<float>();
-    const float* sp = has_skip ? skip.data_ptr<float>() : nullptr;
-    float* yp = y.data_ptr<float>();
-    for_blocks(g, [&](int64_t n, int64_t, int64_t p0, int64_t p1) {
-        if (g.channels_last) {
-            for (int64_t p = p0; p < p1; ++p) {
-                const int64_t o = g.at(n, 0, p);
-                const float* sr = has_skip ? sp + o : zeros.data();
-#pragma omp simd
-                for (int64_t c = 0; c < g.C; ++c) yp[o + c] = act_forward<0>(load(xp, o + c) + bp[c], a) + sr[c];
-            }
-        } else {
-            for (int64_t c = 0; c < g.C; ++c) {
-                const int64_t o = g.at(n, c, 0);
-                const float* sr = has_skip ? sp + o : zeros.data();
-                const float bc = bp[c];
-#pragma omp simd
-                for (int64_t p = p0; p < p1; ++p) yp[o + p] = act_forward<0>(load(xp, o + p) + bc, a) + sr[p];
-            }
-        }
-    });
-    return y;
-}
-
 // skip: x's sizes and strides, or empty (no sum); bias: [C]; clamp < 0: none. x float32 or
 // bfloat16 (then with a skip); y float32.
 at::Tensor skip_epilogue_forward(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& skip, double clamp) {
@@ -376,30 +344,34 @@ at::Tensor skip_epilogue_forward(const at::Tensor& x, const at::Tensor& bias, co
     TORCH_CHECK(has_skip || x.scalar_type() == at::kFloat, "modulate_cpu: bfloat16 x needs a float32 skip");
     check_bias(bias, g);
     const ActParams a = act_params(0.0, 1.0, clamp);
-    if (x.scalar_type() == at::kBFloat16) return skip_epilogue_forward_impl<uint16_t>(x, bias, skip, g, a);
-    return skip_epilogue_forward_impl<float>(x, bias, skip, g, a);
-}
-
-template <typename T>
-std::vector<at::Tensor> skip_epilogue_backward_impl(const at::Tensor& grad, const at::Tensor& x,
-                                                    const at::Tensor& bias, const Geometry& g, const ActParams& a) {
-    const int64_t blocks = (g.P + kBlock - 1) / kBlock;
-    auto dx = at::empty_like(x);
-    std::vector<float> part_b(static_cast<size_t>(g.N * blocks * g.C), 0.f);
-    const float* gp = grad.data_ptr<float>();
-    const T* xp = elements<const T>(x);
+    auto y = at::empty_like(x, x.options().dtype(at::kFloat));
+    const std::vector<float> zeros(static_cast<size_t>(std::max(g.C, g.P)), 0.f);  // stands for an absent skip
     const float* bp = bias.data_ptr<float>();
-    T* dxp = elements<T>(dx);
-    for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
-        // Linear with gain 1: the clamp's output is inside (-clamp, clamp) exactly when its
-        // input is, so the slope can be read from x + b.
-        sum_per_channel(g, n, p0, p1, part_b.data() + (n * blocks + blk) * g.C, [&](int64_t i, int64_t c) {
-            const float gz = gp[i] * act_slope<0>(load(xp, i) + bp[c], a);
-            store(dxp, i, gz);
-            return gz;
+    const float* sp = has_skip ? skip.data_ptr<float>() : nullptr;
+    float* yp = y.data_ptr<float>();
+    dispatch_elem(x, [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = elements<const T>(x);
+        for_blocks(g, [&](int64_t n, int64_t, int64_t p0, int64_t p1) {
+            if (g.channels_last) {
+                for (int64_t p = p0; p < p1; ++p) {
+                    const int64_t o = g.at(n, 0, p);
+                    const float* sr = has_skip ? sp + o : zeros.data();
+#pragma omp simd
+                    for (int64_t c = 0; c < g.C; ++c) yp[o + c] = act_forward<0>(load(xp, o + c) + bp[c], a) + sr[c];
+                }
+            } else {
+                for (int64_t c = 0; c < g.C; ++c) {
+                    const int64_t o = g.at(n, c, 0);
+                    const float* sr = has_skip ? sp + o : zeros.data();
+                    const float bc = bp[c];
+#pragma omp simd
+                    for (int64_t p = p0; p < p1; ++p) yp[o + p] = act_forward<0>(load(xp, o + p) + bc, a) + sr[p];
+                }
+            }
         });
     });
-    return {dx, reduce_blocks(part_b, g, blocks).sum(0)};
+    return y;
 }
 
 // Returns (dx in x's dtype, dbias [C]); grad (float32) and x share sizes and strides.
@@ -409,8 +381,26 @@ std::vector<at::Tensor> skip_epilogue_backward(const at::Tensor& grad, const at:
     check_same(grad, x, "grad", at::kFloat);
     check_bias(bias, g);
     const ActParams a = act_params(0.0, 1.0, clamp);
-    if (x.scalar_type() == at::kBFloat16) return skip_epilogue_backward_impl<uint16_t>(grad, x, bias, g, a);
-    return skip_epilogue_backward_impl<float>(grad, x, bias, g, a);
+    const int64_t blocks = (g.P + kBlock - 1) / kBlock;
+    auto dx = at::empty_like(x);
+    std::vector<float> part_b(static_cast<size_t>(g.N * blocks * g.C), 0.f);
+    const float* gp = grad.data_ptr<float>();
+    const float* bp = bias.data_ptr<float>();
+    dispatch_elem(x, [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = elements<const T>(x);
+        T* dxp = elements<T>(dx);
+        for_blocks(g, [&](int64_t n, int64_t blk, int64_t p0, int64_t p1) {
+            // Linear with gain 1: the clamp's output is inside (-clamp, clamp) exactly when its
+            // input is, so the slope can be read from x + b.
+            sum_per_channel(g, n, p0, p1, part_b.data() + (n * blocks + blk) * g.C, [&](int64_t i, int64_t c) {
+                const float gz = gp[i] * act_slope<0>(load(xp, i) + bp[c], a);
+                store(dxp, i, gz);
+                return gz;
+            });
+        });
+    });
+    return {dx, reduce_blocks(part_b, g, blocks).sum(0)};
 }
 
 TORCH_LIBRARY_FRAGMENT(triplane3d_cpu, m) {
