@@ -152,3 +152,24 @@ def test_cpu_processes_share_the_cores_unless_omp_num_threads_is_set(monkeypatch
     assert [tdist.cpu_threads_per_process(n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert tdist.cpu_threads_per_process(2) == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("name", ["point", "antialias"])
+def test_real_raw_filter_reaches_the_loss_from_the_config(tiny_dataset, tmp_path, name):
+    opts = tiny_options(tiny_dataset)
+    opts.loss = EasyDict(opts.loss, real_raw_filter=name)
+    trainer = Trainer(opts, tmp_path, CPU)
+    assert trainer.loss.real_raw_filter == name
+    real = torch.randn(2, 3, 16, 16)
+    raw = trainer.loss.real_inputs(real)["image_raw"]
+    shrunk = torch.nn.functional.interpolate(real, size=raw.shape[-2:], mode="bilinear", align_corners=False,
+                                             antialias=name == "antialias")
+    assert raw.shape[-1] == trainer.G.neural_res < real.shape[-1]
+    torch.testing.assert_close(raw, shrunk)
+
+
+def test_unknown_real_raw_filter_in_the_config_is_named(tiny_dataset, tmp_path):
+    opts = tiny_options(tiny_dataset)
+    opts.loss = EasyDict(opts.loss, real_raw_filter="box")
+    with pytest.raises(ValueError, match="loss.real_raw_filter"):
+        Trainer(opts, tmp_path, CPU)

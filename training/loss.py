@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix, upfirdn2d
 
-__all__ = ["MultiViewSchedule", "TriPlaneGANLoss", "PHASES"]
+__all__ = ["MultiViewSchedule", "TriPlaneGANLoss", "PHASES", "REAL_RAW_FILTERS"]
 
 PHASES = ("G_main", "G_reg", "G_both", "D_main", "D_reg", "D_both")
 
@@ -67,10 +67,14 @@ def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     return upfirdn2d.filter2d(img, kernel / kernel.sum())
 
 
-def _resize(img: torch.Tensor, res: int) -> torch.Tensor:
+REAL_RAW_FILTERS = ("antialias", "point")
+
+
+def _resize(img: torch.Tensor, res: int, antialias: bool = True) -> torch.Tensor:
     if img.shape[-1] == res:
         return img
-    return F.interpolate(img, size=(res, res), mode="bilinear", align_corners=False, antialias=img.shape[-1] > res)
+    return F.interpolate(img, size=(res, res), mode="bilinear", align_corners=False,
+                         antialias=antialias and img.shape[-1] > res)
 
 
 class TriPlaneGANLoss:
@@ -94,6 +98,13 @@ class TriPlaneGANLoss:
         schedule: when to switch to multi-view discrimination and with how many views.
         dual_discrimination: feed D the raw neural render beside the image (fakes) and a
             resized copy of the real image in its place (reals).
+        real_raw_filter: how that copy is made. "antialias" (EG3D's filtered resizing, the
+            default) averages each neural pixel's whole footprint. "point" reads the real
+            image bilinearly at the neural pixel centres, the way the renderer samples the
+            scene: one ray per pixel centre, no averaging over the pixel. On data with sharp
+            silhouettes (the synthetic sets) the two differ at every edge pixel, and with
+            "antialias" D can tell a crisp render from a real by its edges alone, which pushes
+            G toward fuzzy, semi-transparent borders; see ``configs/demo.yaml``.
         real_logits_hook: called with D's logits on reals in every main D phase (ADA's statistic).
         reuse_fakes: D's fake phase reuses the G phase's fakes of the same step (see the module
             docstring); G's running averages (w_avg) are then updated in the G phase.
@@ -104,7 +115,7 @@ class TriPlaneGANLoss:
                  density_reg_points: int = 1000, opacity_reg: float = 0.0, style_mixing_prob: float = 0.0,
                  blur_init_sigma: float = 0.0, blur_fade_kimg: float = 0.0,
                  schedule: Optional[MultiViewSchedule] = None, dual_discrimination: bool = True,
-                 real_logits_hook: Optional[Callable[[torch.Tensor], None]] = None,
+                 real_raw_filter: str = "antialias", real_logits_hook: Optional[Callable[[torch.Tensor], None]] = None,
                  reuse_fakes: bool = False) -> None:
         self.G, self.D, self.augment_pipe = G, D, augment_pipe
         self.r1_gamma = r1_gamma
@@ -115,6 +126,9 @@ class TriPlaneGANLoss:
         self.blur_init_sigma, self.blur_fade_kimg = blur_init_sigma, blur_fade_kimg
         self.schedule = schedule or MultiViewSchedule()
         self.dual_discrimination = dual_discrimination
+        if real_raw_filter not in REAL_RAW_FILTERS:
+            raise ValueError(f"loss.real_raw_filter must be one of {REAL_RAW_FILTERS}, got {real_raw_filter!r}")
+        self.real_raw_filter = real_raw_filter
         self.real_logits_hook = real_logits_hook
         self.neural_res: Optional[int] = None  # set by the loop's resolution schedule; None: G's own
         self.reuse_fakes = reuse_fakes
@@ -148,7 +162,9 @@ class TriPlaneGANLoss:
 
     def real_inputs(self, real_img: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Reals as D sees them: the image and, for a dual D, its copy at neural-render resolution."""
-        raw = _resize(real_img, self.neural_res or self.G.neural_res) if self.dual_discrimination else real_img
+        if not self.dual_discrimination:
+            return dict(image=real_img, image_raw=real_img)
+        raw = _resize(real_img, self.neural_res or self.G.neural_res, antialias=self.real_raw_filter == "antialias")
         return dict(image=real_img, image_raw=raw)
 
     def discriminate(self, img: Dict[str, torch.Tensor], c: torch.Tensor, blur_sigma: float,

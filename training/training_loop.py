@@ -172,7 +172,7 @@ class Trainer:
             density_reg_p_dist=L.density_reg_p_dist, opacity_reg=float(L.get("opacity_reg", 0.0)),
             style_mixing_prob=L.style_mixing_prob,
             blur_init_sigma=L.blur_init_sigma, blur_fade_kimg=L.blur_fade_kimg, schedule=self.schedule,
-            dual_discrimination=L.dual_discrimination,
+            dual_discrimination=L.dual_discrimination, real_raw_filter=str(L.get("real_raw_filter", "antialias")),
             real_logits_hook=self.ada.accumulate if self.ada is not None else None,
             reuse_fakes=bool(L.get("reuse_fakes", False)))
         g_reg = int(L.density_reg_every) if L.density_reg > 0 else 0
