@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix, upfirdn2d
+from training.networks_common import resize_image
 
 __all__ = ["MultiViewSchedule", "TriPlaneGANLoss", "PHASES", "REAL_RAW_FILTERS"]
 
@@ -68,13 +69,6 @@ def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 REAL_RAW_FILTERS = ("antialias", "point")
-
-
-def _resize(img: torch.Tensor, res: int, antialias: bool = True) -> torch.Tensor:
-    if img.shape[-1] == res:
-        return img
-    return F.interpolate(img, size=(res, res), mode="bilinear", align_corners=False,
-                         antialias=antialias and img.shape[-1] > res)
 
 
 class TriPlaneGANLoss:
@@ -164,7 +158,8 @@ class TriPlaneGANLoss:
         """Reals as D sees them: the image and, for a dual D, its copy at neural-render resolution."""
         if not self.dual_discrimination:
             return dict(image=real_img, image_raw=real_img)
-        raw = _resize(real_img, self.neural_res or self.G.neural_res, antialias=self.real_raw_filter == "antialias")
+        res = self.neural_res or self.G.neural_res
+        raw = resize_image(real_img, res, antialias=self.real_raw_filter == "antialias")
         return dict(image=real_img, image_raw=raw)
 
     def discriminate(self, img: Dict[str, torch.Tensor], c: torch.Tensor, blur_sigma: float,
@@ -184,7 +179,7 @@ class TriPlaneGANLoss:
         dual discriminator resizes it to the image resolution anyway.
         """
         image, raw = images["image"], images["image_raw"]
-        augmented = self.augment_pipe(torch.cat([image, _resize(raw, image.shape[-1])], dim=1))
+        augmented = self.augment_pipe(torch.cat([image, resize_image(raw, image.shape[-1])], dim=1))
         return dict(image=augmented[:, :3], image_raw=augmented[:, 3:])
 
     def density_regularizer(self, planes: torch.Tensor) -> torch.Tensor:
