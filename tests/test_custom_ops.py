@@ -1,6 +1,7 @@
 """Tests for the CUDA plugin builder: a build that cannot happen falls back with one warning."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +88,36 @@ def test_cpu_plugin_build_dir_is_keyed_by_cpu_and_torch(monkeypatch, tmp_path):
     assert "-march=native" in seen["extra_cflags"] and "-fopenmp" in seen["extra_ldflags"]
     monkeypatch.setattr(custom_ops.torch, "__version__", "0.0.0-other")
     assert custom_ops._cpu_tag() not in seen["build_directory"]
+
+
+def test_a_lock_file_left_by_a_killed_build_does_not_hang_the_next(monkeypatch, tmp_path):
+    """torch waits forever on its build-directory lock file; one left by a killed process is cleared,
+    and the next build runs under an flock that the kernel releases if its holder dies."""
+    import fcntl
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setattr(custom_ops, "cpu_build_available", lambda: (True, ""))
+    monkeypatch.setenv("TRIPLANE3D_CACHE_DIR", str(tmp_path / "cache"))
+    seen = {}
+
+    def fake_load(build_directory, **kwargs):
+        seen["stale_lock_present"] = (Path(build_directory) / "lock").exists()
+        with open(Path(build_directory) / ".triplane3d.flock") as other:
+            try:  # another open file description: conflicts while ours is held
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen["flock_held"] = False
+            except BlockingIOError:
+                seen["flock_held"] = True
+        raise OSError("stop here")
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    (tmp_path / "k.cpp").write_text("// kernel\n")
+    plugin = custom_ops.CpuPlugin("locked_plugin", sources=["k.cpp"], namespace="locked", source_dir=tmp_path)
+    build_dir = (custom_ops.plugin_cache_dir() /
+                 f"locked_plugin-{custom_ops._hash_files([tmp_path / 'k.cpp'])}-{custom_ops._cpu_tag()}")
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").write_text("")  # what a process killed inside cpp_extension.load leaves
+    with pytest.warns(RuntimeWarning, match="stop here"):
+        assert plugin.get() is None
+    assert seen == {"stale_lock_present": False, "flock_held": True}

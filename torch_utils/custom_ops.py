@@ -15,6 +15,7 @@ Set TRIPLANE3D_CPU_PLUGINS=0 to keep the CPU ops on their PyTorch paths.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -24,7 +25,12 @@ import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, torch's lock file alone as before
+    fcntl = None  # type: ignore[assignment]
 
 import torch
 
@@ -151,9 +157,33 @@ class _Plugin:
         key = _hash_files(self.sources + self.headers)
         build_dir = plugin_cache_dir() / f"{self.name}-{key}-{tag}"
         build_dir.mkdir(parents=True, exist_ok=True)
-        return cpp_extension.load(name=self.name, sources=[str(s) for s in self.sources],
-                                  extra_include_paths=[str(self.source_dir)], build_directory=str(build_dir),
-                                  verbose=_VERBOSE, **kwargs)
+        with _exclusive(build_dir):
+            return cpp_extension.load(name=self.name, sources=[str(s) for s in self.sources],
+                                      extra_include_paths=[str(self.source_dir)], build_directory=str(build_dir),
+                                      verbose=_VERBOSE, **kwargs)
+
+
+@contextlib.contextmanager
+def _exclusive(build_dir: Path) -> Iterator[None]:
+    """Hold an flock on the build directory, and clear torch's own lock file if one was left behind.
+
+    cpp_extension.load takes a lock *file* in the build directory on every call, even when
+    nothing needs building, and waits forever while it exists. A process killed inside load
+    (Ctrl-C at the start of a run) leaves it behind and every later process hangs. An flock is
+    released by the kernel when its holder dies, so while we hold it no live process of ours is
+    inside load, and a torch lock file found then is stale.
+    """
+    with open(build_dir / ".triplane3d.flock", "w") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = build_dir / "lock"
+            if fcntl is not None and stale.exists():
+                stale.unlink()
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class CpuPlugin(_Plugin):
