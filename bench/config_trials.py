@@ -19,7 +19,9 @@ pitch 15) and, with a synthetic data set, the within-class statistics of bench/d
 A summary table ends the output. Judge shapes on the grids; the statistics say how varied and
 how solid the samples are, and "shape" is bench/diversity.py's silhouette margin (own class
 minus other classes, next to the data's in the first line): a class whose margin is at or
-below zero, such as boxes rendered as blobs, has lost its shape.
+below zero, such as boxes rendered as blobs, has lost its shape. --every-snapshot prints a line
+for each snapshot the trial kept (override keep_snapshots, e.g. `long kimg=24
+keep_snapshots=10`), to follow how the statistics move with training length.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from diversity import data_shape_match, fake_stats, real_silhouettes, real_stats, shape_match  # noqa: E402
 from training import gen_utils  # noqa: E402
 from training.options import load_config, to_plain  # noqa: E402
-from training.snapshot import find_snapshot, load_network  # noqa: E402
+from training.snapshot import find_snapshot, list_snapshots, load_network  # noqa: E402
 from training.visualize import to_uint8  # noqa: E402
 
 VIEW_ANGLES = [(0, 15), (90, 15), (180, 15), (270, 15)]
@@ -121,23 +123,41 @@ def eval_grid(G, meta, seeds: int, path: Path) -> None:
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
-def evaluate(args, name: str, reals: Optional[Dict[int, torch.Tensor]]) -> str:
-    """The grid and a one-line summary of a finished trial (with silhouettes of the data: shape margins too)."""
-    try:
-        snapshot = find_snapshot(args.outdir / name)
-    except (FileNotFoundError, ValueError) as exc:
-        return f"{name:12s} no snapshot ({exc}); see {args.outdir / name}.log"
-    G, meta = load_network(snapshot)
-    eval_grid(G, meta, args.seeds, args.outdir / f"grid_{name}.png")
+def trial_snapshots(run_root: Path, every: bool) -> List[Path]:
+    """The newest snapshot of a trial's run, or with ``every`` all its kept snapshots, oldest first."""
+    snapshots = list_snapshots(find_snapshot(run_root).parent)  # ordered by kimg, not file time
+    return snapshots if every else snapshots[-1:]
+
+
+def snapshot_line(G, meta, samples: int, reals: Optional[Dict[int, torch.Tensor]]) -> str:
+    """Per class: colour std, opaque fraction and (with real silhouettes) the shape margin."""
     cells = []
     for k in range(G.c_dim):
-        colours, _, solid, fakes = fake_stats(G, k, args.samples)
+        colours, _, solid, fakes = fake_stats(G, k, samples)
         cell = f"{meta['classes'][k]['name'][:8]}: colour std {colours.std(0).mean():.3f} opaque {solid:.2f}"
         if reals is not None and k in reals:
             own, other = shape_match(fakes, k, reals)
             cell += f" shape {own - other:+.3f}"
         cells.append(cell)
-    return f"{name:12s} {snapshot.name}  " + " | ".join(cells)
+    return " | ".join(cells)
+
+
+def evaluate(args, name: str, reals: Optional[Dict[int, torch.Tensor]]) -> str:
+    """The grid (newest snapshot) and a summary line per evaluated snapshot of a finished trial.
+
+    With real silhouettes of the data the lines carry shape margins too; with
+    ``args.every_snapshot`` there is a line for each kept snapshot, to follow a run's trajectory.
+    """
+    try:
+        snapshots = trial_snapshots(args.outdir / name, args.every_snapshot)
+    except (FileNotFoundError, ValueError) as exc:
+        return f"{name:12s} no snapshot ({exc}); see {args.outdir / name}.log"
+    lines = []
+    for snapshot in snapshots:
+        G, meta = load_network(snapshot)
+        lines.append(f"{name:12s} {snapshot.name}  " + snapshot_line(G, meta, args.samples, reals))
+    eval_grid(G, meta, args.seeds, args.outdir / f"grid_{name}.png")
+    return "\n".join(lines)
 
 
 def load_data(args):
@@ -176,6 +196,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=6, help="seeds per class in each grid")
     parser.add_argument("--samples", type=int, default=24, help="samples per class for the statistics")
     parser.add_argument("--eval-only", action="store_true", help="skip training; evaluate what OUTDIR holds")
+    parser.add_argument("--every-snapshot", action="store_true",
+                        help="statistics at every kept snapshot (set keep_snapshots), not only the newest")
     args = parser.parse_args()
     if args.parallel < 1 or args.threads < 1:
         parser.error("--parallel and --threads must be >= 1")

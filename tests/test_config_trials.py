@@ -47,3 +47,33 @@ def test_bad_trials_files_are_named(tmp_path, text, match):
 def test_overrides_of_unknown_keys_are_errors(tmp_path, override):
     with pytest.raises(KeyError, match="override|section"):
         write_config(load_config("demo"), {override: 1}, tmp_path / "t.yaml")
+
+
+def test_every_snapshot_gives_a_line_per_kept_snapshot_oldest_first(tmp_path):
+    from argparse import Namespace
+
+    from config_trials import evaluate
+    from test_gen_samples import write_tiny_snapshot
+
+    run = tmp_path / "long" / "00000-long-data-gpus1-batch4"
+    for kimg in (8, 4):  # written newest first: the order must come from the names
+        write_tiny_snapshot(run / f"network-snapshot-{kimg:06d}.safetensors", seed=kimg)
+    args = Namespace(outdir=tmp_path, seeds=1, samples=2, every_snapshot=True)
+    lines = evaluate(args, "long", reals=None).splitlines()
+    assert [line.split()[1] for line in lines] == ["network-snapshot-000004.safetensors",
+                                                   "network-snapshot-000008.safetensors"]
+    assert lines[0] != lines[1]  # different weights, different statistics
+    assert (tmp_path / "grid_long.png").is_file()
+    args.every_snapshot = False
+    newest_only = evaluate(args, "long", reals=None).splitlines()
+    assert newest_only == [lines[1]]
+
+
+def test_trial_without_snapshot_is_reported(tmp_path):
+    from argparse import Namespace
+
+    from config_trials import evaluate
+
+    (tmp_path / "empty").mkdir()
+    line = evaluate(Namespace(outdir=tmp_path, seeds=1, samples=2, every_snapshot=True), "empty", reals=None)
+    assert line.startswith("empty") and "no snapshot" in line
