@@ -1,6 +1,7 @@
-"""bench/config_trials.py: the trials file and the configs it writes."""
+"""bench/config_trials.py: the trials file, the configs it writes, and the per-snapshot summaries."""
 
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import yaml
 # Appended, not prepended: bench/train.py must not shadow the top-level train.py for later tests.
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
 
-from config_trials import read_trials, write_config  # noqa: E402
+from config_trials import evaluate, read_trials, write_config  # noqa: E402
+from test_gen_samples import write_tiny_snapshot  # noqa: E402
 
 from training.options import load_config  # noqa: E402
 
@@ -50,11 +52,6 @@ def test_overrides_of_unknown_keys_are_errors(tmp_path, override):
 
 
 def test_every_snapshot_gives_a_line_per_kept_snapshot_oldest_first(tmp_path):
-    from argparse import Namespace
-
-    from config_trials import evaluate
-    from test_gen_samples import write_tiny_snapshot
-
     run = tmp_path / "long" / "00000-long-data-gpus1-batch4"
     for kimg in (8, 4):  # written newest first: the order must come from the names
         write_tiny_snapshot(run / f"network-snapshot-{kimg:06d}.safetensors", seed=kimg)
@@ -70,10 +67,6 @@ def test_every_snapshot_gives_a_line_per_kept_snapshot_oldest_first(tmp_path):
 
 
 def test_trial_without_snapshot_is_reported(tmp_path):
-    from argparse import Namespace
-
-    from config_trials import evaluate
-
     (tmp_path / "empty").mkdir()
     line = evaluate(Namespace(outdir=tmp_path, seeds=1, samples=2, every_snapshot=True), "empty", reals=None)
     assert line.startswith("empty") and "no snapshot" in line
