@@ -133,14 +133,14 @@ class Discriminator(nn.Module):
                  channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 4,
                  conv_clamp: Optional[float] = 256, cmap_dim: Optional[int] = None, mbstd_group_size: int = 4,
                  mbstd_num_channels: int = 1, mapping_layers: int = 8, mapping_lr_multiplier: float = 0.01,
-                 fp16_channels_last: bool = False) -> None:
+                 fp16_channels_last: bool = False, low_res_head: int = 0) -> None:
         super().__init__()
         self.init_kwargs: Dict[str, Any] = dict(
             c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels, dual_input=dual_input,
             channel_base=channel_base, channel_max=channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp,
             cmap_dim=cmap_dim, mbstd_group_size=mbstd_group_size, mbstd_num_channels=mbstd_num_channels,
             mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
-            fp16_channels_last=fp16_channels_last)
+            fp16_channels_last=fp16_channels_last, low_res_head=low_res_head)
         log2 = int(round(math.log2(img_resolution))) if img_resolution > 0 else 0
         if img_resolution < 8 or 2 ** log2 != img_resolution:
             raise ValueError(f"img_resolution must be a power of two >= 8, got {img_resolution}")
@@ -164,6 +164,14 @@ class Discriminator(nn.Module):
                                           num_layers=mapping_layers, lr_multiplier=mapping_lr_multiplier)
         self.epilogue = DiscriminatorEpilogue(channels[4], cmap_dim=self.cmap_dim, mbstd_group_size=mbstd_group_size,
                                               mbstd_num_channels=mbstd_num_channels, conv_clamp=conv_clamp)
+        self.low_res_head = int(low_res_head)
+        if self.low_res_head:
+            if not 8 <= self.low_res_head < img_resolution:
+                raise ValueError(f"low_res_head must be 0 or a power of two in [8, {img_resolution}), "
+                                 f"got {low_res_head}")
+            self.low = Discriminator(c_dim, self.low_res_head, img_channels, dual_input, channel_base, channel_max,
+                                     0, conv_clamp, cmap_dim, mbstd_group_size, mbstd_num_channels, mapping_layers,
+                                     mapping_lr_multiplier, fp16_channels_last)
 
     def assemble_input(self, img: ImageInput) -> torch.Tensor:
         """The network's input tensor [B, in_channels, R, R] from a dict or a ready tensor."""
@@ -192,7 +200,11 @@ class Discriminator(nn.Module):
         for idx, name in enumerate(self.block_names):
             x = getattr(self, name)(x, x_img if idx == 0 else None, force_fp32=force_fp32)
         cmap = self.mapping(None, c) if self.c_dim > 0 else None
-        return self.epilogue(x, cmap)
+        logits = self.epilogue(x, cmap)
+        if self.low_res_head:
+            low = resize_image(x_img.to(torch.float32, memory_format=torch.contiguous_format), self.low_res_head)
+            logits = torch.cat([logits, self.low(low, c, force_fp32=force_fp32)], dim=1)
+        return logits
 
     def extra_repr(self) -> str:
         return (f"c_dim={self.c_dim}, img_resolution={self.img_resolution}, in_channels={self.in_channels}, "
