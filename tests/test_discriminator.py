@@ -142,6 +142,33 @@ def test_init_kwargs_and_summary(capsys):
         tiny_discriminator(img_resolution=12)
 
 
+def test_low_res_head_scores_the_downsampled_input():
+    torch.manual_seed(2)
+    D = tiny_discriminator(low_res_head=8)
+    x, c = torch.randn(2, 6, 16, 16), one_hot([0, 3])
+    out = D(x, c)
+    assert out.shape == (2, 2)
+    # Column 0 is the full-resolution D alone: the same weights without the head.
+    plain = tiny_discriminator()
+    plain.load_state_dict({k: v for k, v in D.state_dict().items() if not k.startswith("low.")})
+    assert torch.allclose(out[:, :1], plain(x, c), atol=1e-6)
+    # Column 1 is an 8x8 D with the head's weights on the antialiased 8x8 copy of the input.
+    low = tiny_discriminator(img_resolution=8)
+    low.load_state_dict(D.low.state_dict())
+    small = F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(out[:, 1:], low(small, c), atol=1e-6)
+    # A dict input goes through the same assembly as without the head.
+    image, raw = x[:, :3], torch.randn(2, 3, 8, 8)
+    assert torch.allclose(D({"image": image, "image_raw": raw}, c),
+                          D(torch.cat([image, F.interpolate(raw, size=(16, 16), mode="bilinear")], 1), c),
+                          atol=1e-6)
+    # Rebuilt from its constructor arguments (as snapshots are), it has the head.
+    assert Discriminator(**json.loads(json.dumps(D.init_kwargs)))(x, c).shape == (2, 2)
+    for bad in (16, 12, 4):
+        with pytest.raises(ValueError, match="low_res_head"):
+            tiny_discriminator(low_res_head=bad)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for the fp16 path")
 def test_fp16_on_cuda_matches_fp32():

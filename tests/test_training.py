@@ -75,6 +75,24 @@ def test_run_directory_outputs(tiny_dataset, tmp_path):
     assert meta["cur_nimg"] == 8
 
 
+def test_low_resolution_head_of_d_trains_and_is_saved(tiny_dataset, tmp_path):
+    """D.low_res_head: both heads' weights move in training, and a snapshot rebuilds D with the head."""
+    opts = tiny_options(tiny_dataset, kimg=0.008, keep_snapshots=1, multiview_at=0.0)
+    opts.D = EasyDict(opts.D, low_res_head=8)
+    trainer = Trainer(opts, tmp_path, CPU)
+    before = {k: v.detach().clone() for k, v in trainer.D.state_dict().items()}
+    data = trainer._make_loader_iter()
+    for _ in range(2):
+        trainer.step(data)
+    after = trainer.D.state_dict()
+    for head in ("low.", "b16."):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(head)), head
+    trainer.save_snapshot()
+    networks, _ = load_snapshot(list_snapshots(tmp_path)[-1])
+    assert networks["D"].low_res_head == 8
+    assert all(torch.equal(v, after[k]) for k, v in networks["D"].state_dict().items())
+
+
 def test_nonfinite_steps_are_skipped_then_stop_without_snapshot(tiny_dataset, tmp_path, monkeypatch):
     opts = tiny_options(tiny_dataset, kimg=0.040, max_nonfinite_steps=3)
     trainer = Trainer(opts, tmp_path, CPU)

@@ -122,11 +122,17 @@ class DiscriminatorEpilogue(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(image, class) -> score [B, 1]. It never receives a camera pose.
+    """D(image, class) -> score [B, 1] ([B, 2] with a low-resolution head). It never receives a camera pose.
 
     With ``dual_input`` the input is the image concatenated with the raw neural render resized to
     the image resolution (2 x img_channels channels). ``forward`` takes either a dict with
     'image' and 'image_raw' (any raw resolution) or a tensor that already has the input channels.
+
+    ``low_res_head`` (0: none) adds a second, smaller discriminator of the same design that scores
+    the input downsampled (antialiased) to that resolution; its score is the second column. The
+    losses average over all scores, so each head gets its own logistic loss, as in multi-scale
+    discriminators: the small head judges silhouettes and coarse shape, where the full one spends
+    its few high-resolution channels on edges and texture (the demo's boxes, README: The demo).
     """
 
     def __init__(self, c_dim: int, img_resolution: int, img_channels: int = 3, dual_input: bool = True,
@@ -166,7 +172,7 @@ class Discriminator(nn.Module):
                                               mbstd_num_channels=mbstd_num_channels, conv_clamp=conv_clamp)
         self.low_res_head = int(low_res_head)
         if self.low_res_head:
-            if not 8 <= self.low_res_head < img_resolution:
+            if not 8 <= self.low_res_head < img_resolution or self.low_res_head & (self.low_res_head - 1):
                 raise ValueError(f"low_res_head must be 0 or a power of two in [8, {img_resolution}), "
                                  f"got {low_res_head}")
             self.low = Discriminator(c_dim, self.low_res_head, img_channels, dual_input, channel_base, channel_max,
