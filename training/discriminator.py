@@ -175,9 +175,9 @@ class Discriminator(nn.Module):
             if not 8 <= self.low_res_head < img_resolution or self.low_res_head & (self.low_res_head - 1):
                 raise ValueError(f"low_res_head must be 0 or a power of two in [8, {img_resolution}), "
                                  f"got {low_res_head}")
-            self.low = Discriminator(c_dim, self.low_res_head, img_channels, dual_input, channel_base, channel_max,
-                                     0, conv_clamp, cmap_dim, mbstd_group_size, mbstd_num_channels, mapping_layers,
-                                     mapping_lr_multiplier, fp16_channels_last)
+            # Same design and widths at its own, small size; fp32 (its layers are few and cheap).
+            self.low = Discriminator(**{**self.init_kwargs, "img_resolution": self.low_res_head,
+                                        "num_fp16_res": 0, "low_res_head": 0})
 
     def assemble_input(self, img: ImageInput) -> torch.Tensor:
         """The network's input tensor [B, in_channels, R, R] from a dict or a ready tensor."""
@@ -208,7 +208,7 @@ class Discriminator(nn.Module):
         cmap = self.mapping(None, c) if self.c_dim > 0 else None
         logits = self.epilogue(x, cmap)
         if self.low_res_head:
-            low = resize_image(x_img.to(torch.float32, memory_format=torch.contiguous_format), self.low_res_head)
+            low = resize_image(x_img.to(torch.float32), self.low_res_head)
             logits = torch.cat([logits, self.low(low, c, force_fp32=force_fp32)], dim=1)
         return logits
 
