@@ -26,6 +26,8 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from torch_utils.ops import winograd
+
 __all__ = ["conv2d", "conv_transpose2d", "no_weight_gradients", "state"]
 
 IntPair = Union[int, Sequence[int]]
@@ -75,10 +77,15 @@ class _ConvSpec:
     groups: int
 
     def apply(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The plain forward op."""
+        """The plain forward op (stride-1 3x3 ones on a CPU by Winograd's algorithm where it pays)."""
         if self.transpose:
+            if self.output_padding == (0, 0) and winograd.usable(x, w, self.stride, self.padding, self.dilation,
+                                                                  self.groups, transposed=True):
+                return winograd.conv_transpose3x3(x, w, b, self.padding)
             return F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding,
                                       self.groups, self.dilation)
+        if winograd.usable(x, w, self.stride, self.padding, self.dilation, self.groups):
+            return winograd.conv3x3(x, w, b, self.padding)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
     def input_grad_spec(self, input_shape: Sequence[int], output_shape: Sequence[int],
@@ -131,6 +138,9 @@ class _WeightGradFn(torch.autograd.Function):
     def forward(ctx, grad_out, x, spec: _ConvSpec, weight_shape):  # type: ignore[override]
         ctx.spec, ctx.weight_shape = spec, weight_shape
         ctx.save_for_backward(grad_out, x)
+        if not spec.transpose and winograd.usable(x, x.new_empty(weight_shape), spec.stride, spec.padding,
+                                                  spec.dilation, spec.groups):
+            return winograd.weight_grad3x3(grad_out, x, spec.padding)
         # convolution_backward reads only the weight's shape; a stand-in of that shape suffices.
         weight = x.new_empty(weight_shape)
         _, grad_w, _ = torch.ops.aten.convolution_backward(

@@ -1,0 +1,196 @@
+"""Tests for torch_utils.ops.winograd: the F(4x4, 3x3) CPU kernel against float64 convolutions,
+its use inside conv2d_gradfix (forward, input and weight gradients, double backward), the rules
+of `usable`, and bitwise reproducibility across thread counts."""
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch_utils.ops import conv2d_gradfix, winograd
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 2e-5) -> None:
+    """Within `rel` of the expected tensor's largest magnitude (Winograd's transforms add a few
+    float32 roundings per output; a wrong tap or tile is off by the output's own scale)."""
+    scale = expected.abs().max().item()
+    err = (actual.double() - expected).abs().max().item()
+    assert err <= rel * scale, f"max error {err:.3g} against scale {scale:.3g}"
+
+
+# (C, K, H, W, padding): tile edges (sizes not multiples of 4), every padding, 16-column panels (K=48).
+SHAPES = [
+    (16, 32, 9, 7, 1),
+    (32, 48, 13, 10, 1),
+    (32, 32, 10, 11, 0),
+    (16, 16, 6, 9, 2),
+    (64, 32, 16, 16, (1, 0)),
+]
+
+
+@pytest.mark.parametrize("c,k,h,w,pad", SHAPES)
+def test_conv3x3_matches_float64_conv(cpu_kernels_module, c, k, h, w, pad):
+    torch.manual_seed(0)
+    x, wt, b = _cl(torch.randn(3, c, h, w)), torch.randn(k, c, 3, 3) / (9 * c) ** 0.5, torch.randn(k)
+    pad = (pad, pad) if isinstance(pad, int) else pad
+    ref = F.conv2d(x.double(), wt.double(), b.double(), padding=pad)
+    for bias in (None, b):
+        out = winograd.conv3x3(x, wt, bias, pad)
+        assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
+        _close(out, ref if bias is not None else ref - b.double()[:, None, None])
+
+
+@pytest.mark.parametrize("c,k,h,w,pad", SHAPES[:4])
+def test_conv_transpose3x3_matches_float64_conv_transpose(cpu_kernels_module, c, k, h, w, pad):
+    torch.manual_seed(1)
+    x, wt = _cl(torch.randn(2, c, h, w)), torch.randn(c, k, 3, 3)  # conv_transpose2d's [in, out, kh, kw]
+    ref = F.conv_transpose2d(x.double(), wt.double(), padding=pad)
+    _close(winograd.conv_transpose3x3(x, wt, None, (pad, pad)), ref)
+
+
+@pytest.mark.parametrize("c,k,h,w,pad", SHAPES)
+def test_weight_grad3x3_matches_float64_convolution_backward(cpu_kernels_module, c, k, h, w, pad):
+    torch.manual_seed(2)
+    pad = (pad, pad) if isinstance(pad, int) else pad
+    x = _cl(torch.randn(3, c, h, w))
+    dy = _cl(torch.randn(3, k, h + 2 * pad[0] - 2, w + 2 * pad[1] - 2))
+    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), torch.empty(k, c, 3, 3, dtype=torch.double),
+                                              None, [1, 1], list(pad), [1, 1], False, [0, 0], 1,
+                                              [False, True, False])[1]
+    out = winograd.weight_grad3x3(dy, x, pad)
+    assert out.shape == (k, c, 3, 3)
+    _close(out, ref)
+    _close(winograd.weight_grad3x3(dy.contiguous(), x, pad), ref)  # an NCHW gradient is converted
+
+
+def test_many_tiles_use_several_blocks_and_groups(cpu_kernels_module):
+    """Enough tiles for several blocks of tiles per thread, and several partial weight gradients."""
+    torch.manual_seed(3)
+    x, wt = _cl(torch.randn(2, 32, 70, 66)), torch.randn(32, 32, 3, 3) / 17
+    _close(winograd.conv3x3(x, wt, None, (1, 1)), F.conv2d(x.double(), wt.double(), padding=1))
+    dy = _cl(torch.randn(2, 32, 70, 66))
+    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), wt.double(), None, [1, 1], [1, 1], [1, 1],
+                                              False, [0, 0], 1, [False, True, False])[1]
+    _close(winograd.weight_grad3x3(dy, x, (1, 1)), ref)
+
+
+def test_results_do_not_depend_on_the_thread_count(cpu_kernels_module):
+    torch.manual_seed(4)
+    x, wt = _cl(torch.randn(2, 32, 70, 66)), torch.randn(48, 32, 3, 3)
+    dy = _cl(torch.randn(2, 48, 70, 66))
+    runs = []
+    for n in (1, 2, 3):
+        with _threads(n):
+            runs.append((winograd.conv3x3(x, wt, None, (1, 1)), winograd.weight_grad3x3(dy, x, (1, 1))))
+    for y, dw in runs[1:]:
+        assert torch.equal(y, runs[0][0]) and torch.equal(dw, runs[0][1])
+
+
+def _eligible_case():
+    torch.manual_seed(5)
+    x = _cl(torch.randn(2, 32, 34, 33))
+    w = torch.randn(32, 32, 3, 3) / 17
+    b = torch.randn(32)
+    return x, w, b
+
+
+def test_usable_rules(cpu_kernels_module):
+    x, w, _ = _eligible_case()
+    assert winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1)
+    assert winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1, transposed=True)
+    assert not winograd.usable(x.contiguous(), w, (1, 1), (1, 1), (1, 1), 1)  # NCHW
+    assert not winograd.usable(x, w, (2, 2), (1, 1), (1, 1), 1)  # strided
+    assert not winograd.usable(x, w, (1, 1), (1, 1), (2, 2), 1)  # dilated
+    assert not winograd.usable(x, w[:, :16], (1, 1), (1, 1), (1, 1), 2)  # grouped
+    assert not winograd.usable(x, w, (1, 1), (3, 3), (1, 1), 1)  # padding beyond 2
+    assert not winograd.usable(x.double(), w.double(), (1, 1), (1, 1), (1, 1), 1)
+    assert not winograd.usable(_cl(x[:, :16]), w[:16, :16], (1, 1), (1, 1), (1, 1), 1)  # below MIN_CHANNELS
+    assert not winograd.usable(_cl(x[:, :, :8, :8]), w, (1, 1), (1, 1), (1, 1), 1)  # too few outputs
+    assert not winograd.usable(x, torch.randn(32, 32, 1, 1), (1, 1), (0, 0), (1, 1), 1)  # 1x1
+    winograd.state.enabled = False
+    try:
+        assert not winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1)
+    finally:
+        winograd.state.enabled = True
+
+
+def _count_kernel_calls(monkeypatch):
+    calls = {"conv": 0, "transpose": 0, "weight": 0}
+
+    def wrap(name, key):
+        original = getattr(winograd, name)
+
+        def counted(*args, **kwargs):
+            calls[key] += 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(winograd, name, counted)
+    wrap("conv3x3", "conv")
+    wrap("conv_transpose3x3", "transpose")
+    wrap("weight_grad3x3", "weight")
+    return calls
+
+
+def test_gradfix_conv2d_runs_forward_and_both_gradients_through_the_kernel(cpu_kernels_module, monkeypatch):
+    x, w, b = _eligible_case()
+    probe = _cl(torch.randn(2, 32, 34, 33, generator=torch.Generator().manual_seed(6)))
+    leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
+    ref = F.conv2d(leaves[0], leaves[1], leaves[2], padding=1)
+    ref_grads = torch.autograd.grad((ref * probe.double()).sum(), leaves)
+    calls = _count_kernel_calls(monkeypatch)
+    leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    out = conv2d_gradfix.conv2d(leaves[0], leaves[1], leaves[2], padding=1)
+    grads = torch.autograd.grad((out * probe).sum(), leaves)
+    assert calls == {"conv": 1, "transpose": 1, "weight": 1}
+    _close(out, ref.detach())
+    for g, r in zip(grads, ref_grads):
+        _close(g, r)
+
+
+def test_gradfix_double_backward_agrees_with_the_direct_convolutions(cpu_kernels_module, monkeypatch):
+    """An R1-style penalty (gradient of a gradient norm) with and without the kernel."""
+    x, w, b = _eligible_case()
+
+    def penalty_grads():
+        xi, wi = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        y = F.leaky_relu(conv2d_gradfix.conv2d(xi, wi, b, padding=1), 0.2)
+        (gx,) = torch.autograd.grad(y.square().sum(), xi, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), [xi, wi])
+
+    calls = _count_kernel_calls(monkeypatch)
+    with_kernel = penalty_grads()
+    assert calls["conv"] > 0 and calls["transpose"] > 0 and calls["weight"] > 0
+    winograd.state.enabled = False
+    try:
+        direct = penalty_grads()
+    finally:
+        winograd.state.enabled = True
+    for g, r in zip(with_kernel, direct):
+        _close(g, r.double(), rel=1e-4)
+
+
+def test_kernel_rejects_bad_input(cpu_kernels_module):
+    x = _cl(torch.randn(1, 24, 8, 8))
+    with pytest.raises(RuntimeError, match="multiples of 16"):
+        cpu_kernels_module.winograd_conv3x3(x, cpu_kernels_module.winograd_weight(torch.randn(16, 24, 3, 3), False),
+                                            None, 1, 1)
+    with pytest.raises(RuntimeError, match="channels-last"):
+        cpu_kernels_module.winograd_conv3x3(torch.randn(1, 16, 8, 8),
+                                            cpu_kernels_module.winograd_weight(torch.randn(16, 16, 3, 3), False),
+                                            None, 1, 1)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        cpu_kernels_module.winograd_weight(torch.randn(20, 16, 3, 3), False)

@@ -1,0 +1,110 @@
+"""Stride-1 3x3 convolutions on a CPU by Winograd's F(4x4, 3x3): 4x fewer multiply-adds.
+
+`conv3x3(x, w, b, padding)` equals `F.conv2d(x, w, b, padding=padding)` within float32
+rounding of the transforms (relative error ~1e-6 of the output's scale; tests check it against
+F.conv2d); winograd_cpu.cpp says how. `conv_transpose3x3` is the same for a stride-1
+transposed convolution (the input gradient of a stride-1 conv), which is a conv with the
+kernel flipped and its two channel axes swapped.
+
+`usable(x, w, ...)` decides where the kernel is used: float32 CPU tensors in channels-last
+layout (the networks' layout on a CPU), 3x3 filters, stride 1, no dilation or groups,
+padding up to 2, channel counts that are multiples of 16 and at least `MIN_CHANNELS`, and
+images big enough to fill a few blocks of tiles. Anything else keeps oneDNN's convolution.
+`bench/winograd.py` times both for the shapes of the training step.
+
+Neither function is differentiable by itself: conv2d_gradfix calls them inside its autograd
+Functions, whose backward is again a convolution. `state.enabled = False` (or the compiled CPU
+kernels being unavailable) turns the kernel off.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from torch_utils.ops.cpu_kernels import plugin
+
+__all__ = ["conv3x3", "conv_transpose3x3", "weight_grad3x3", "transform_weight", "usable", "state", "MIN_CHANNELS"]
+
+# Below this many input or output channels the transforms cost more than the FLOPs they save.
+MIN_CHANNELS = 32
+# Outputs per image below which the direct convolution is as fast (few tiles, little to save).
+_MIN_OUTPUTS = 32 * 32
+
+
+class _WinogradState:
+    """The module's switch, held in an object instead of a loose global."""
+
+    def __init__(self) -> None:
+        self.enabled: bool = True
+
+
+state = _WinogradState()
+
+# F(4x4, 3x3) filter transform (Lavin & Gray 2016): U = G g G^T.
+_G = torch.tensor([
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+], dtype=torch.float64)
+
+
+def transform_weight(w: torch.Tensor) -> torch.Tensor:
+    """[K, C, 3, 3] weight -> U packed as [36, K / NR, C, NR] (NR = 32 if it divides K, else 16).
+
+    Computed in float64 and rounded once, so U is the float32 rounding of the exact transform.
+    """
+    k, c = w.shape[:2]
+    nr = 32 if k % 32 == 0 else 16
+    g = _G.to(w.device)
+    u = torch.einsum("ar,kcrs,js->ajck", g, w.double(), g)  # [6, 6, C, K]
+    u = u.reshape(36, c, k // nr, nr).permute(0, 2, 1, 3)  # [36, K / NR, C, NR]
+    return u.to(torch.float32).contiguous()
+
+
+def usable(x: torch.Tensor, w: torch.Tensor, stride: Sequence[int], padding: Sequence[int],
+           dilation: Sequence[int], groups: int, transposed: bool = False) -> bool:
+    """Whether conv2d (or, with `transposed`, conv_transpose2d without output padding) of x
+    and w with these arguments runs through the kernel."""
+    if not state.enabled or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
+        return False
+    if x.dim() != 4 or w.dim() != 4 or tuple(w.shape[2:]) != (3, 3) or groups != 1:
+        return False
+    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or not all(0 <= p <= 2 for p in padding):
+        return False
+    c, k = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
+    if c % 16 or k % 16 or min(c, k) < MIN_CHANNELS:
+        return False
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+        return False  # NCHW (or a 1x1 image, where the layouts coincide): oneDNN's path
+    pad = [2 - p for p in padding] if transposed else padding
+    if (x.shape[2] + 2 * pad[0] - 2) * (x.shape[3] + 2 * pad[1] - 2) < _MIN_OUTPUTS:
+        return False
+    return plugin.get() is not None
+
+
+def conv3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], padding: Sequence[int]) -> torch.Tensor:
+    """F.conv2d(x, w, b, padding=padding) for a stride-1 3x3 filter, through the kernel (see `usable`)."""
+    ops = plugin.get()
+    u = ops.winograd_weight(w.detach(), False)
+    return ops.winograd_conv3x3(x, u, None if b is None else b.detach(), int(padding[0]), int(padding[1]))
+
+
+def conv_transpose3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                      padding: Sequence[int]) -> torch.Tensor:
+    """F.conv_transpose2d(x, w, b, padding=padding) (stride 1, 3x3): the conv with the filter
+    flipped, its channel axes swapped and padding 2 - p."""
+    ops = plugin.get()
+    u = ops.winograd_weight(w.detach(), True)
+    return ops.winograd_conv3x3(x, u, None if b is None else b.detach(), 2 - int(padding[0]), 2 - int(padding[1]))
+
+
+def weight_grad3x3(grad_out: torch.Tensor, x: torch.Tensor, padding: Sequence[int]) -> torch.Tensor:
+    """The weight gradient [K, C, 3, 3] of conv3x3(x, w, padding) for the output gradient
+    `grad_out` (as aten.convolution_backward's), computed in the same transform domain."""
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    return plugin.get().winograd_weight_grad(grad_out, x, int(padding[0]), int(padding[1]))
