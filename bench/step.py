@@ -9,6 +9,7 @@
     python bench/step.py --cfg eg3d-small --device cpu --compare --malloc tuned   # layout x reuse
     python bench/step.py --cfg eg3d-small --device cpu --compare-precision --fp16-res 4 --malloc tuned
     python bench/step.py --cfg eg3d-small --device cpu --compare-kernels --malloc tuned   # kernels x reuse
+    python bench/step.py --cfg eg3d-small --device cpu --compare-winograd --malloc tuned  # Winograd x reuse
     python bench/step.py --cfg demo --resolution 64 --classes 4 --device cpu --compare --malloc tuned
 
 The networks are built from the config's `G:` and `D:` sections with `c_dim = --classes` and
@@ -45,7 +46,11 @@ What is timed (medians over --repeats after --warmup untimed runs):
   with each one's speed-up over NCHW + regenerated (the code before either change).
 * --compare-kernels (CPU): the same for {PyTorch ops, compiled CPU kernels} x {regenerated,
   reused}: the kernels of torch_utils/ops/cpu_kernels.py (tri-plane sampler, modulation,
-  bias_act) against the PyTorch paths they replace.
+  bias_act, Winograd convolutions) against the PyTorch paths they replace.
+* --compare-winograd (CPU): the same for {direct, Winograd} x {regenerated, reused}: the
+  stride-1 3x3 convolutions (forward, input and weight gradients) by oneDNN's direct
+  algorithm or by torch_utils/ops/winograd.py's F(4x4, 3x3) kernel (where `usable`), all
+  other kernels on. `bench/winograd.py` has the same shape by shape.
 * --cpu-bf16 (CPU): the blocks flagged for reduced precision (the config's `num_fp16_res`
   highest resolutions of backbone, super-resolution and D; `--fp16-res N` sets all three)
   compute in bfloat16 (torch_utils/precision.py), as they compute in fp16 on CUDA.
@@ -54,7 +59,9 @@ What is timed (medians over --repeats after --warmup untimed runs):
 * --flops: after the timings, the FLOPs of one G+D step (convolutions forward and backward,
   matmuls; torch.utils.flop_counter), the rate the timed step ran at, and the time those FLOPs
   take at the speed of a 2048² fp32 matmul measured in the same process: the step's floor for
-  as long as its arithmetic stays the same, however well the memory-bound rest is fused.
+  as long as its arithmetic stays the same, however well the memory-bound rest is fused. The
+  FLOPs are those of direct convolutions; the part that runs in the Winograd kernel (which
+  multiplies 4x less) is shown beside them, with the floor of what is executed.
 * --profile N: after the timings, one more G+D step under torch.profiler; prints the N ops
   with the most self time (device time on a GPU, CPU time on a CPU).
 * Peak memory: CPU, the peak resident set size seen during the timed runs minus the RSS
@@ -85,7 +92,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch_utils import precision  # noqa: E402
 from torch_utils.misc import cpu_channels_last, tune_cpu_allocator  # noqa: E402
-from torch_utils.ops import cpu_kernels  # noqa: E402
+from torch_utils.ops import cpu_kernels, winograd  # noqa: E402
 from torch_utils.ops.cpu_kernels import kernels_enabled  # noqa: E402
 from training.discriminator import Discriminator  # noqa: E402
 from training.options import load_config, to_plain  # noqa: E402
@@ -234,14 +241,25 @@ def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
 
 def print_flops(fn: Callable[[], None], device: torch.device, step_time: float) -> None:
     """The step's FLOPs, the rate it ran at, and how long they take at the matmul peak: a floor
-    for the step that no fusion of the remaining (memory-bound) work can go below."""
-    flops = step_flops(fn)
+    for the step that no fusion of the remaining (memory-bound) work can go below.
+
+    The counter sees aten's convolutions only, so it runs twice: with the Winograd kernel off
+    (the FLOPs of direct convolutions: the step's nominal arithmetic) and on (what aten still
+    runs); the difference ran in the kernel, whose matrix products need a quarter of it."""
+    with winograd.enabled(False):
+        flops = step_flops(fn)
     total = sum(flops.values())
+    in_kernel = total - sum(step_flops(fn).values())
+    executed = total - in_kernel * 3 / 4
     peak = matmul_peak(device)
     parts = ", ".join(f"{op} {n / 1e9:.1f}" for op, n in sorted(flops.items(), key=lambda kv: -kv[1]) if n >= 1e8)
-    print(f"  FLOPs per step        {total / 1e9:8.1f} GFLOP ({parts})")
-    print(f"  at the step's time    {total / step_time / 1e9:8.1f} GFLOP/s; a 2048² matmul here: {peak / 1e9:.1f} GFLOP/s")
-    print(f"  FLOPs at that peak    {total / peak:8.3f} s (the step's floor without fewer FLOPs)")
+    print(f"  FLOPs per step        {total / 1e9:8.1f} GFLOP with direct convolutions ({parts})")
+    print(f"  in Winograd's kernel  {in_kernel / 1e9:8.1f} GFLOP of those, as {in_kernel / 4e9:.1f} GFLOP of products: "
+          f"{executed / 1e9:.1f} GFLOP executed (transforms not counted)")
+    print(f"  at the step's time    {total / step_time / 1e9:8.1f} GFLOP/s nominal; a 2048² matmul here: "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    print(f"  FLOPs at that peak    {executed / peak:8.3f} s executed, {total / peak:.3f} s nominal "
+          f"(the step's floor without fewer FLOPs)")
 
 
 def print_profile(fn: Callable[[], None], device: torch.device, rows: int) -> None:
@@ -297,6 +315,16 @@ def compare_kernels(G, D, inputs, batch: int, repeats: int, warmup: int) -> None
     _interleave(G, D, inputs, batch, repeats, warmup, variants)
 
 
+def compare_winograd(G, D, inputs, batch: int, repeats: int, warmup: int) -> None:
+    """Interleaved G+D steps of {direct, Winograd stride-1 3x3 convolutions} x {regenerated, reused fakes} (CPU)."""
+    if cpu_kernels.plugin.get() is None:
+        print(f"  --compare-winograd: the CPU kernels are not available ({cpu_kernels.plugin.failed_reason})")
+        return
+    variants = {f"{'Winograd' if on else 'direct'} convs, fakes {'reused' if reuse else 'regenerated'}":
+                (functools.partial(winograd.enabled, on), reuse) for on in (False, True) for reuse in (False, True)}
+    _interleave(G, D, inputs, batch, repeats, warmup, variants)
+
+
 def compare_precision(G, D, inputs, batch: int, repeats: int, warmup: int) -> None:
     """Interleaved G+D steps of {fp32, bf16 reduced-precision blocks} x {regenerated, reused fakes} (CPU)."""
     if not any(getattr(m, "use_fp16", False) for net in (G, D) for m in net.modules()):
@@ -321,9 +349,9 @@ def _bench_device(args, device: torch.device) -> None:
     print(f"[{device}] cfg {args.cfg}: batch {batch}, img {G.img_res}, neural {G.neural_res}, "
           f"tri-plane {G.triplane_res}x{G.triplane_channels}, samples {G.renderer.num_coarse}+{G.renderer.num_fine}, "
           f"G {n_g / 1e6:.2f}M params, D {n_d / 1e6:.2f}M params, classes {args.classes}", flush=True)
-    if args.compare or args.compare_kernels or args.compare_precision:
+    if args.compare or args.compare_kernels or args.compare_precision or args.compare_winograd:
         if device.type != "cpu":
-            print("  --compare / --compare-kernels / --compare-precision: CPU only (CPU layout, kernels, bf16)")
+            print("  --compare / --compare-kernels / --compare-precision / --compare-winograd: CPU only")
             return
         if args.compare_precision:
             compare_precision(G, D, inputs, batch, args.repeats, args.warmup)
@@ -331,6 +359,8 @@ def _bench_device(args, device: torch.device) -> None:
             compare_variants(G, D, inputs, batch, args.repeats, args.warmup)
         if args.compare_kernels:
             compare_kernels(G, D, inputs, batch, args.repeats, args.warmup)
+        if args.compare_winograd:
+            compare_winograd(G, D, inputs, batch, args.repeats, args.warmup)
         return
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -377,6 +407,8 @@ def main() -> None:
                         help="interleave NCHW / channels-last x regenerated / reused fakes (CPU) and print speed-ups")
     parser.add_argument("--compare-kernels", action="store_true",
                         help="interleave PyTorch ops / compiled CPU kernels x regenerated / reused fakes (CPU)")
+    parser.add_argument("--compare-winograd", action="store_true",
+                        help="interleave direct / Winograd stride-1 3x3 convolutions x regenerated / reused fakes (CPU)")
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="CPU: the config's reduced-precision blocks compute in bfloat16 (see above)")
     parser.add_argument("--fp16-res", type=int, default=None, metavar="N",

@@ -101,6 +101,23 @@ def test_results_do_not_depend_on_the_thread_count(cpu_kernels_module):
         assert torch.equal(y, runs[0][0]) and torch.equal(dw, runs[0][1])
 
 
+@pytest.fixture
+def small_convs_use_the_kernel(monkeypatch):
+    """The tests' convolutions are far below the size where the networks start to use the kernel."""
+    monkeypatch.setattr(winograd, "MIN_MACS", 0)
+
+
+def test_weight_transform_matches_the_reference(cpu_kernels_module):
+    torch.manual_seed(7)
+    for k, c in ((32, 16), (48, 32)):
+        w = torch.randn(k, c, 3, 3)
+        expected = winograd.transform_weight(w)
+        assert torch.allclose(cpu_kernels_module.winograd_weight(w, False), expected, rtol=1e-6, atol=1e-7)
+        flipped = w.transpose(0, 1).flip([2, 3]).contiguous()  # a transposed conv's weight of the same op
+        assert torch.allclose(cpu_kernels_module.winograd_weight(flipped, True), winograd.transform_weight(w),
+                              rtol=1e-6, atol=1e-7)
+
+
 def _eligible_case():
     torch.manual_seed(5)
     x = _cl(torch.randn(2, 32, 34, 33))
@@ -109,8 +126,13 @@ def _eligible_case():
     return x, w, b
 
 
-def test_usable_rules(cpu_kernels_module):
+def test_usable_rules(cpu_kernels_module, monkeypatch):
     x, w, _ = _eligible_case()
+    assert not winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1)  # below MIN_MACS
+    macs = 2 * 32 * 32 * 34 * 33 * 9  # batch x C x K x output pixels x taps
+    monkeypatch.setattr(winograd, "MIN_MACS", macs + 1)
+    assert not winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1)
+    monkeypatch.setattr(winograd, "MIN_MACS", macs)
     assert winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1)
     assert winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1, transposed=True)
     assert not winograd.usable(x.contiguous(), w, (1, 1), (1, 1), (1, 1), 1)  # NCHW
@@ -120,7 +142,7 @@ def test_usable_rules(cpu_kernels_module):
     assert not winograd.usable(x, w, (1, 1), (3, 3), (1, 1), 1)  # padding beyond 2
     assert not winograd.usable(x.double(), w.double(), (1, 1), (1, 1), (1, 1), 1)
     assert not winograd.usable(_cl(x[:, :16]), w[:16, :16], (1, 1), (1, 1), (1, 1), 1)  # below MIN_CHANNELS
-    assert not winograd.usable(_cl(x[:, :, :8, :8]), w, (1, 1), (1, 1), (1, 1), 1)  # too few outputs
+    assert not winograd.usable(_cl(x[:, :, :8, :8]), w, (1, 1), (1, 1), (1, 1), 1)  # below MIN_MACS again
     assert not winograd.usable(x, torch.randn(32, 32, 1, 1), (1, 1), (0, 0), (1, 1), 1)  # 1x1
     winograd.state.enabled = False
     try:
@@ -145,7 +167,8 @@ def _count_kernel_calls(monkeypatch):
     return calls
 
 
-def test_gradfix_conv2d_runs_forward_and_both_gradients_through_the_kernel(cpu_kernels_module, monkeypatch):
+def test_gradfix_conv2d_runs_forward_and_both_gradients_through_the_kernel(cpu_kernels_module, monkeypatch,
+                                                                          small_convs_use_the_kernel):
     x, w, b = _eligible_case()
     probe = _cl(torch.randn(2, 32, 34, 33, generator=torch.Generator().manual_seed(6)))
     leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
@@ -161,7 +184,8 @@ def test_gradfix_conv2d_runs_forward_and_both_gradients_through_the_kernel(cpu_k
         _close(g, r)
 
 
-def test_gradfix_double_backward_agrees_with_the_direct_convolutions(cpu_kernels_module, monkeypatch):
+def test_gradfix_double_backward_agrees_with_the_direct_convolutions(cpu_kernels_module, monkeypatch,
+                                                                     small_convs_use_the_kernel):
     """An R1-style penalty (gradient of a gradient norm) with and without the kernel."""
     x, w, b = _eligible_case()
 

@@ -9,7 +9,8 @@ kernel flipped and its two channel axes swapped.
 `usable(x, w, ...)` decides where the kernel is used: float32 CPU tensors in channels-last
 layout (the networks' layout on a CPU), 3x3 filters, stride 1, no dilation or groups,
 padding up to 2, channel counts that are multiples of 16 and at least `MIN_CHANNELS`, and
-images big enough to fill a few blocks of tiles. Anything else keeps oneDNN's convolution.
+convolutions of at least `MIN_MACS` multiply-adds. Anything else keeps oneDNN's convolution
+(the demo's convolutions all do: at its sizes the kernel gains nothing).
 `bench/winograd.py` times both for the shapes of the training step.
 
 Neither function is differentiable by itself: conv2d_gradfix calls them inside its autograd
@@ -19,18 +20,23 @@ kernels being unavailable) turns the kernel off.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import ContextManager, Optional, Sequence
 
 import torch
 
+from torch_utils import misc
 from torch_utils.ops.cpu_kernels import plugin
 
-__all__ = ["conv3x3", "conv_transpose3x3", "weight_grad3x3", "transform_weight", "usable", "state", "MIN_CHANNELS"]
+__all__ = ["conv3x3", "conv_transpose3x3", "weight_grad3x3", "transform_weight", "usable", "state", "enabled", "MIN_CHANNELS",
+           "MIN_MACS"]
 
 # Below this many input or output channels the transforms cost more than the FLOPs they save.
 MIN_CHANNELS = 32
-# Outputs per image below which the direct convolution is as fast (few tiles, little to save).
-_MIN_OUTPUTS = 32 * 32
+# Multiply-adds of the direct convolution below which it is as fast as the kernel (whose weight
+# transform, edge tiles and thread start-up are paid per call): measured equal for 128 channels
+# at 16x16, batch 4 (151M) and for the demo's 32 channels at 32x32, batch 16 (151M); 1.5x faster
+# for 128 channels at 32x32, batch 4 (604M). `bench/winograd.py` prints these.
+MIN_MACS = 2 ** 28
 
 
 class _WinogradState:
@@ -41,6 +47,11 @@ class _WinogradState:
 
 
 state = _WinogradState()
+
+
+def enabled(flag: bool) -> ContextManager[None]:
+    """Within the block, conv2d_gradfix uses (True) or skips (False) the kernel."""
+    return misc.attribute_set(state, "enabled", bool(flag))
 
 # F(4x4, 3x3) filter transform (Lavin & Gray 2016): U = G g G^T.
 _G = torch.tensor([
@@ -57,6 +68,7 @@ def transform_weight(w: torch.Tensor) -> torch.Tensor:
     """[K, C, 3, 3] weight -> U packed as [36, K / NR, C, NR] (NR = 32 if it divides K, else 16).
 
     Computed in float64 and rounded once, so U is the float32 rounding of the exact transform.
+    The kernel's own `winograd_weight` computes the same; this is its reference in the tests.
     """
     k, c = w.shape[:2]
     nr = 32 if k % 32 == 0 else 16
@@ -82,7 +94,8 @@ def usable(x: torch.Tensor, w: torch.Tensor, stride: Sequence[int], padding: Seq
     if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
         return False  # NCHW (or a 1x1 image, where the layouts coincide): oneDNN's path
     pad = [2 - p for p in padding] if transposed else padding
-    if (x.shape[2] + 2 * pad[0] - 2) * (x.shape[3] + 2 * pad[1] - 2) < _MIN_OUTPUTS:
+    out_h, out_w = x.shape[2] + 2 * pad[0] - 2, x.shape[3] + 2 * pad[1] - 2
+    if out_h < 1 or out_w < 1 or x.shape[0] * c * k * out_h * out_w * 9 < MIN_MACS:
         return False
     return plugin.get() is not None
 
