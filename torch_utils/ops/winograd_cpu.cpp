@@ -34,9 +34,11 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
 // GCC's tuning for recent Xeons vectorises with 256-bit registers by default; the transforms
 // below work on 16 channels at a time, one 512-bit register (2x fewer instructions).
 #pragma GCC target("prefer-vector-width=512")
+#endif
 #endif
 
 namespace {
