@@ -267,3 +267,25 @@ def test_portable_build_without_avx512_matches_too(tmp_path):
     done = subprocess.run([sys.executable, str(script), str(source), str(tmp_path)], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+
+
+def test_training_with_the_kernel_follows_training_without_it(cpu_kernels_module, tiny_dataset, tmp_path,
+                                                              monkeypatch, small_convs_use_the_kernel):
+    """Three training steps of the tiny config (its 32-channel layers at 4x4 and 8x8 through the
+    kernel) end with the same weights as without it, up to float rounding."""
+    from training import distributed as tdist
+    from training.training_loop import training_loop
+    from training_fixtures import tiny_options
+
+    calls = _count_kernel_calls(monkeypatch)
+    weights = {}
+    for on in (False, True):
+        with winograd.enabled(on):
+            torch.manual_seed(0)
+            trainer = training_loop(tiny_options(tiny_dataset, kimg=0.012), tmp_path / f"run-{on}", tdist.DistInfo())
+        weights[on] = [v.detach().double() for net in (trainer.G, trainer.D) for v in net.state_dict().values()
+                       if v.is_floating_point()]
+    assert calls["conv"] > 0 and calls["transpose"] > 0 and calls["weight"] > 0
+    diff = sum((a - b).square().sum() for a, b in zip(weights[True], weights[False])).sqrt()
+    norm = sum(b.square().sum() for b in weights[False]).sqrt()
+    assert diff <= 1e-6 * norm, f"relative difference {float(diff / norm):.3g}"
