@@ -15,12 +15,18 @@
 // input. Here a block of tiles is transformed into a scratch buffer that stays in the L2
 // cache, multiplied there, and transformed back straight into the output.
 //
-// The weight transform and its packing (U as [36][K / NR][C][NR], NR = 32 or 16 columns, so
-// that the matrix product streams each panel contiguously) are done by winograd.py.
+// Three operators:
+// - winograd_weight: U, packed as [36][K / NR][C][NR] (NR = 32 or 16 columns) so that the matrix
+//   product streams each panel contiguously; also for a transposed convolution's weight.
+// - winograd_conv3x3: the convolution, given U. The input gradient of a stride-1 convolution is
+//   again one (the filter flipped, the channel axes swapped: winograd_weight's `transposed`).
+// - winograd_weight_grad: dw = G^T dU G with dU[p] = sum over tiles of V[p]^T dM[p] and
+//   dM = A dY A^T, the transform of the output gradient: the same domain, transposed products.
 //
 // Threads (at::parallel_for): over blocks of tiles; each thread owns its scratch. Every output
 // element is written once, by one thread, from the same sums whichever way the work is split,
-// so the result is bitwise reproducible across thread counts.
+// so the results are bitwise reproducible across thread counts (winograd_weight_grad: see
+// kGradGroups).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -28,8 +34,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <memory>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -270,6 +276,28 @@ constexpr double kG[kPatch][3] = {
     {1. / 4, 0., 0.}, {-1. / 6, -1. / 6, -1. / 6}, {-1. / 6, 1. / 6, -1. / 6},
     {1. / 24, 1. / 12, 1. / 6}, {1. / 24, -1. / 12, 1. / 6}, {0., 0., 1.}};
 
+// U = G g G^T of the 16 filters g = w[k0 + v][c] (v < 16; of a transposed convolution's weight:
+// w[c][k0 + v] flipped), in double: dst[p * stride + v] for the 36 positions p.
+void transform_filters(const float* wp, int64_t K, int64_t C, bool transposed, int64_t k0, int64_t c, float* dst,
+                       int64_t stride) {
+    double g[3][3][kLanes], half[kPatch][3][kLanes];
+    for (int64_t r = 0; r < 3; ++r)
+        for (int64_t s = 0; s < 3; ++s)
+            for (int64_t v = 0; v < kLanes; ++v) {
+                const int64_t k = k0 + v;
+                g[r][s][v] = transposed ? wp[((c * K + k) * 3 + 2 - r) * 3 + 2 - s] : wp[((k * C + c) * 3 + r) * 3 + s];
+            }
+    for (int64_t a = 0; a < kPatch; ++a)
+        for (int64_t s = 0; s < 3; ++s)
+            for (int64_t v = 0; v < kLanes; ++v)
+                half[a][s][v] = kG[a][0] * g[0][s][v] + kG[a][1] * g[1][s][v] + kG[a][2] * g[2][s][v];
+    for (int64_t a = 0; a < kPatch; ++a)
+        for (int64_t j = 0; j < kPatch; ++j)
+            for (int64_t v = 0; v < kLanes; ++v)
+                dst[(a * kPatch + j) * stride + v] =
+                    static_cast<float>(half[a][0][v] * kG[j][0] + half[a][1][v] * kG[j][1] + half[a][2][v] * kG[j][2]);
+}
+
 // [K, C, 3, 3] weight -> U packed as [36][K / NR][C][NR] (NR = 32 if it divides K, else 16),
 // computed in double and rounded once. transposed: w is a transposed convolution's [C, K, 3, 3]
 // weight, whose stride-1 op is the convolution with the filter flipped and the channel axes swapped.
@@ -290,27 +318,8 @@ at::Tensor winograd_weight(const at::Tensor& weight, bool transposed) {
     at::parallel_for(0, K / kLanes, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
         std::vector<float> scratch(kPos * C * kLanes);
         for (int64_t k0 = chunk_begin * kLanes; k0 < chunk_end * kLanes; k0 += kLanes) {
-            for (int64_t c = 0; c < C; ++c) {
-                double g[3][3][kLanes], half[kPatch][3][kLanes];
-                for (int64_t r = 0; r < 3; ++r)
-                    for (int64_t s = 0; s < 3; ++s)
-                        for (int64_t v = 0; v < kLanes; ++v) {
-                            const int64_t k = k0 + v;
-                            g[r][s][v] = transposed ? wp[((c * K + k) * 3 + 2 - r) * 3 + 2 - s]
-                                                    : wp[((k * C + c) * 3 + r) * 3 + s];
-                        }
-                for (int64_t a = 0; a < kPatch; ++a)
-                    for (int64_t s = 0; s < 3; ++s)
-                        for (int64_t v = 0; v < kLanes; ++v)
-                            half[a][s][v] = kG[a][0] * g[0][s][v] + kG[a][1] * g[1][s][v] + kG[a][2] * g[2][s][v];
-                for (int64_t a = 0; a < kPatch; ++a)
-                    for (int64_t j = 0; j < kPatch; ++j) {
-                        float* dst = scratch.data() + ((a * kPatch + j) * C + c) * kLanes;
-                        for (int64_t v = 0; v < kLanes; ++v)
-                            dst[v] = static_cast<float>(half[a][0][v] * kG[j][0] + half[a][1][v] * kG[j][1] +
-                                                        half[a][2][v] * kG[j][2]);
-                    }
-            }
+            for (int64_t c = 0; c < C; ++c)
+                transform_filters(wp, K, C, transposed, k0, c, scratch.data() + c * kLanes, C * kLanes);
             for (int64_t p = 0; p < kPos; ++p)
                 for (int64_t c = 0; c < C; ++c)
                     std::copy_n(scratch.data() + (p * C + c) * kLanes, kLanes,
@@ -383,6 +392,50 @@ at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& u, const c10:
 // thread count (bitwise reproducible). Threads beyond the group count have nothing to do.
 constexpr int64_t kGradGroups = 8;
 
+// dU[p] += V[p]^T dM[p] over the tiles of blocks [blk_begin, blk_end).
+void accumulate_dU(const float* xp, const float* dyp, const Geometry& g, int64_t rows, int64_t blk_begin,
+                   int64_t blk_end, float* V, float* dM, float* dU) {
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+        const int64_t t0 = blk * rows, used = std::min(rows, g.T - t0);
+        for (int64_t r = 0; r < used; ++r) {
+            const TileOrigin o = tile_origin(g, t0 + r);
+            transform_input(xp, g, o, V, r, used);
+            transform_grad_output(dyp, g, o, dM, r, used);
+        }
+        for (int64_t p = 0; p < kPos; ++p) {
+            const float* Vp = V + p * used * g.C;
+            const float* dMp = dM + p * used * g.K;
+            if (g.K % 32 == 0)
+                block_matmul_tn<32>(Vp, dMp, dU + p * g.C * g.K, used, g.C, g.K);
+            else
+                block_matmul_tn<16>(Vp, dMp, dU + p * g.C * g.K, used, g.C, g.K);
+        }
+    }
+}
+
+// dw[k][c] = G^T dU[.][c][k] G (in double), 16 consecutive k at a time (contiguous in dU).
+void inverse_filter_transform(const float* dU, const Geometry& g, float* dwp) {
+    at::parallel_for(0, g.C, 8, [&](int64_t c_begin, int64_t c_end) {
+        for (int64_t c = c_begin; c < c_end; ++c)
+            for (int64_t k0 = 0; k0 < g.K; k0 += kLanes) {
+                double half[kPatch][3][kLanes] = {};  // half[a][s] = sum_j dU[a][j] G[j][s]
+                for (int64_t a = 0; a < kPatch; ++a)
+                    for (int64_t j = 0; j < kPatch; ++j) {
+                        const float* src = dU + ((a * kPatch + j) * g.C + c) * g.K + k0;
+                        for (int64_t s = 0; s < 3; ++s)
+                            for (int64_t v = 0; v < kLanes; ++v) half[a][s][v] += kG[j][s] * src[v];
+                    }
+                for (int64_t r = 0; r < 3; ++r)
+                    for (int64_t s = 0; s < 3; ++s)
+                        for (int64_t v = 0; v < kLanes; ++v) {
+                            double sum = 0.;
+                            for (int64_t a = 0; a < kPatch; ++a) sum += kG[a][r] * half[a][s][v];
+                            dwp[(((k0 + v) * g.C + c) * 3 + r) * 3 + s] = static_cast<float>(sum);
+                        }
+            }
+    });
+}
+
 // dw [K, C, 3, 3] of y = conv3x3(x, w, padding) from dy = dL/dy: with M = sum over c of U ⊙ V
 // and Y = A^T M A, dM = A dY A^T, dU[p] = V[p]^T dM[p] (summed over tiles) and dw = G^T dU G.
 at::Tensor winograd_weight_grad(const at::Tensor& dy, const at::Tensor& x, int64_t pad_y, int64_t pad_x) {
@@ -406,59 +459,22 @@ at::Tensor winograd_weight_grad(const at::Tensor& dy, const at::Tensor& x, int64
     const int64_t blocks = (g.T + rows - 1) / rows;
     const int64_t groups = std::clamp(blocks / 4, int64_t{1}, kGradGroups);
     const int64_t plane = kPos * g.C * g.K;
-    std::vector<float> partial(groups * plane, 0.f);
+    std::vector<float> partial(groups * plane, 0.f);  // one dU per group
     at::parallel_for(0, groups, 1, [&](int64_t grp_begin, int64_t grp_end) {
         std::unique_ptr<float[]> V(new float[kPos * rows * g.C]), dM(new float[kPos * rows * g.K]);
-        for (int64_t grp = grp_begin; grp < grp_end; ++grp) {
-            float* dU = partial.data() + grp * plane;
-            for (int64_t blk = grp * blocks / groups; blk < (grp + 1) * blocks / groups; ++blk) {
-                const int64_t t0 = blk * rows, used = std::min(rows, g.T - t0);
-                for (int64_t r = 0; r < used; ++r) {
-                    const TileOrigin o = tile_origin(g, t0 + r);
-                    transform_input(xp, g, o, V.get(), r, used);
-                    transform_grad_output(dyp, g, o, dM.get(), r, used);
-                }
-                for (int64_t p = 0; p < kPos; ++p) {
-                    const float* Vp = V.get() + p * used * g.C;
-                    const float* dMp = dM.get() + p * used * g.K;
-                    if (g.K % 32 == 0)
-                        block_matmul_tn<32>(Vp, dMp, dU + p * g.C * g.K, used, g.C, g.K);
-                    else
-                        block_matmul_tn<16>(Vp, dMp, dU + p * g.C * g.K, used, g.C, g.K);
-                }
-            }
-        }
+        for (int64_t grp = grp_begin; grp < grp_end; ++grp)
+            accumulate_dU(xp, dyp, g, rows, grp * blocks / groups, (grp + 1) * blocks / groups, V.get(), dM.get(),
+                          partial.data() + grp * plane);
     });
-    for (int64_t grp = 1; grp < groups; ++grp) {
+    float* dU = partial.data();
+    for (int64_t grp = 1; grp < groups; ++grp) {  // in group order
         const float* src = partial.data() + grp * plane;
-        float* dst = partial.data();
         at::parallel_for(0, plane, 1 << 14, [&](int64_t begin, int64_t end) {
-            for (int64_t i = begin; i < end; ++i) dst[i] += src[i];
+            for (int64_t i = begin; i < end; ++i) dU[i] += src[i];
         });
     }
-    // dw[k][c] = G^T dU[.][c][k] G, 16 consecutive k at a time (contiguous in dU).
     auto dw = at::empty({g.K, g.C, 3, 3}, x.options());
-    float* dwp = dw.data_ptr<float>();
-    const float* dU = partial.data();
-    at::parallel_for(0, g.C, 8, [&](int64_t c_begin, int64_t c_end) {
-        for (int64_t c = c_begin; c < c_end; ++c)
-            for (int64_t k0 = 0; k0 < g.K; k0 += kLanes) {
-                double half[kPatch][3][kLanes] = {};  // half[a][s] = sum_j dU[a][j] G[j][s]
-                for (int64_t a = 0; a < kPatch; ++a)
-                    for (int64_t j = 0; j < kPatch; ++j) {
-                        const float* src = dU + ((a * kPatch + j) * g.C + c) * g.K + k0;
-                        for (int64_t s = 0; s < 3; ++s)
-                            for (int64_t v = 0; v < kLanes; ++v) half[a][s][v] += kG[j][s] * src[v];
-                    }
-                for (int64_t r = 0; r < 3; ++r)
-                    for (int64_t s = 0; s < 3; ++s)
-                        for (int64_t v = 0; v < kLanes; ++v) {
-                            double sum = 0.;
-                            for (int64_t a = 0; a < kPatch; ++a) sum += kG[a][r] * half[a][s][v];
-                            dwp[(((k0 + v) * g.C + c) * 3 + r) * 3 + s] = static_cast<float>(sum);
-                        }
-            }
-    });
+    inverse_filter_transform(dU, g, dw.data_ptr<float>());
     return dw;
 }
 
