@@ -408,7 +408,7 @@ def main() -> None:
     parser.add_argument("--compare-kernels", action="store_true",
                         help="interleave PyTorch ops / compiled CPU kernels x regenerated / reused fakes (CPU)")
     parser.add_argument("--compare-winograd", action="store_true",
-                        help="interleave direct / Winograd stride-1 3x3 convolutions x regenerated / reused fakes (CPU)")
+                        help="interleave direct / Winograd stride-1 3x3 convs x regenerated / reused fakes (CPU)")
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="CPU: the config's reduced-precision blocks compute in bfloat16 (see above)")
     parser.add_argument("--fp16-res", type=int, default=None, metavar="N",

@@ -113,7 +113,8 @@ def bench_shape(shape: Shape, repeats: int) -> Dict[str, Tuple[float, float, flo
     passes = {
         "forward": (lambda: F.conv2d(x, w, padding=pad), lambda: winograd.conv3x3(x, w, None, p),
                     lambda: F.conv2d(x.double(), w.double(), padding=pad)),
-        "input grad": (lambda: F.conv_transpose2d(dy, w, padding=pad), lambda: winograd.conv_transpose3x3(dy, w, None, p),
+        "input grad": (lambda: F.conv_transpose2d(dy, w, padding=pad),
+                       lambda: winograd.conv_transpose3x3(dy, w, None, p),
                        lambda: F.conv_transpose2d(dy.double(), w.double(), padding=pad)),
         "weight grad": (
             lambda: torch.ops.aten.convolution_backward(dy, x, w, None, [1, 1], list(p), [1, 1], False, [0, 0], 1,
@@ -160,7 +161,8 @@ def main() -> None:
         runs = "/".join(str(counts[p]) for p in PASSES)
         cells = "  ".join(f"{result[p][0]:6.2f} / {result[p][1]:6.2f}" for p in PASSES)
         errors = ", ".join(f"{result[p][2]:.1e} ({result[p][3]:.1e})" for p in PASSES)
-        print(f"{n} x {c:3d} -> {k:3d} @ {h:3d}x{w_:<3d} p{pad}  {'yes' if used else 'no':>4s}  {runs:>8s}  {cells}  {errors}")
+        shape_text = f"{n} x {c:3d} -> {k:3d} @ {h:3d}x{w_:<3d} p{pad}"
+        print(f"{shape_text}  {'yes' if used else 'no':>4s}  {runs:>8s}  {cells}  {errors}")
         direct_total += sum(counts[p] * result[p][0] for p in PASSES)
         wino_total += sum(counts[p] * result[p][1 if used else 0] for p in PASSES)
     print("(times: direct / Winograd, median ms; runs: forward/input grad/weight grad calls per G+D step)")

@@ -1,16 +1,17 @@
 """Stride-1 3x3 convolutions on a CPU by Winograd's F(4x4, 3x3): 4x fewer multiply-adds.
 
 `conv3x3(x, w, b, padding)` equals `F.conv2d(x, w, b, padding=padding)` within float32
-rounding of the transforms (relative error ~1e-6 of the output's scale; tests check it against
-F.conv2d); winograd_cpu.cpp says how. `conv_transpose3x3` is the same for a stride-1
-transposed convolution (the input gradient of a stride-1 conv), which is a conv with the
-kernel flipped and its two channel axes swapped.
+rounding of the transforms (errors up to ~2e-5 of the output's scale, against ~2e-6 for
+oneDNN's direct convolution; tests check it against float64 convolutions); winograd_cpu.cpp
+says how. `conv_transpose3x3` is the same for a stride-1 transposed convolution (the input
+gradient of a stride-1 conv), which is a conv with the kernel flipped and its two channel axes
+swapped. `weight_grad3x3` is the weight gradient, in the same transform domain.
 
 `usable(x, w, ...)` decides where the kernel is used: float32 CPU tensors in channels-last
 layout (the networks' layout on a CPU), 3x3 filters, stride 1, no dilation or groups,
 padding up to 2, channel counts that are multiples of 16 and at least `MIN_CHANNELS`, and
 convolutions of at least `MIN_MACS` multiply-adds. Anything else keeps oneDNN's convolution
-(the demo's convolutions all do: at its sizes the kernel gains nothing).
+(so do all of the demo's, which are below `MIN_MACS`).
 `bench/winograd.py` times both for the shapes of the training step.
 
 Neither function is differentiable by itself: conv2d_gradfix calls them inside its autograd
@@ -27,10 +28,11 @@ import torch
 from torch_utils import misc
 from torch_utils.ops.cpu_kernels import plugin
 
-__all__ = ["conv3x3", "conv_transpose3x3", "weight_grad3x3", "transform_weight", "usable", "state", "enabled", "MIN_CHANNELS",
-           "MIN_MACS"]
+__all__ = ["conv3x3", "conv_transpose3x3", "weight_grad3x3", "transform_weight", "usable", "state", "enabled",
+           "MIN_CHANNELS", "MIN_MACS"]
 
-# Below this many input or output channels the transforms cost more than the FLOPs they save.
+# The transforms cost per channel and the products per channel pair, so few channels gain least;
+# the networks' steps were measured from 32 channels up (`bench/winograd.py`).
 MIN_CHANNELS = 32
 # Multiply-adds of the direct convolution below which it is as fast as the kernel (whose weight
 # transform, edge tiles and thread start-up are paid per call): measured equal for 128 channels
@@ -52,6 +54,7 @@ state = _WinogradState()
 def enabled(flag: bool) -> ContextManager[None]:
     """Within the block, conv2d_gradfix uses (True) or skips (False) the kernel."""
     return misc.attribute_set(state, "enabled", bool(flag))
+
 
 # F(4x4, 3x3) filter transform (Lavin & Gray 2016): U = G g G^T.
 _G = torch.tensor([
@@ -104,7 +107,7 @@ def conv3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], padding
     """F.conv2d(x, w, b, padding=padding) for a stride-1 3x3 filter, through the kernel (see `usable`)."""
     ops = plugin.get()
     u = ops.winograd_weight(w.detach(), False)
-    return ops.winograd_conv3x3(x, u, None if b is None else b.detach(), int(padding[0]), int(padding[1]))
+    return ops.winograd_conv3x3(x, u, None if b is None else b.detach().float(), int(padding[0]), int(padding[1]))
 
 
 def conv_transpose3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
@@ -113,7 +116,8 @@ def conv_transpose3x3(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor
     flipped, its channel axes swapped and padding 2 - p."""
     ops = plugin.get()
     u = ops.winograd_weight(w.detach(), True)
-    return ops.winograd_conv3x3(x, u, None if b is None else b.detach(), 2 - int(padding[0]), 2 - int(padding[1]))
+    bias = None if b is None else b.detach().float()
+    return ops.winograd_conv3x3(x, u, bias, 2 - int(padding[0]), 2 - int(padding[1]))
 
 
 def weight_grad3x3(grad_out: torch.Tensor, x: torch.Tensor, padding: Sequence[int]) -> torch.Tensor:

@@ -167,7 +167,8 @@ inline void grad_output_rows(const float* src, int64_t ss, float* dst, int64_t d
     const float *g0 = src, *g1 = src + ss, *g2 = src + 2 * ss, *g3 = src + 3 * ss;
 #pragma GCC ivdep
     for (int64_t v = 0; v < kLanes; ++v) {
-        const float s02 = g0[v] + g2[v], s13 = g1[v] + g3[v], q02 = g0[v] + 4.f * g2[v], q13 = 2.f * g1[v] + 8.f * g3[v];
+        const float s02 = g0[v] + g2[v], s13 = g1[v] + g3[v];
+        const float q02 = g0[v] + 4.f * g2[v], q13 = 2.f * g1[v] + 8.f * g3[v];
         dst[v] = g0[v];
         dst[ds + v] = s02 + s13;
         dst[2 * ds + v] = s02 - s13;
@@ -440,7 +441,8 @@ void inverse_filter_transform(const float* dU, const Geometry& g, float* dwp) {
 // and Y = A^T M A, dM = A dY A^T, dU[p] = V[p]^T dM[p] (summed over tiles) and dw = G^T dU G.
 at::Tensor winograd_weight_grad(const at::Tensor& dy, const at::Tensor& x, int64_t pad_y, int64_t pad_x) {
     TORCH_CHECK(x.dim() == 4 && dy.dim() == 4 && x.scalar_type() == at::kFloat && dy.scalar_type() == at::kFloat &&
-                x.device().is_cpu() && dy.device().is_cpu(), "winograd_weight_grad: x and dy must be 4-D float32 CPU tensors");
+                x.device().is_cpu() && dy.device().is_cpu(),
+                "winograd_weight_grad: x and dy must be 4-D float32 CPU tensors");
     TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast) && dy.is_contiguous(at::MemoryFormat::ChannelsLast),
                 "winograd_weight_grad: x and dy must be channels-last");
     TORCH_CHECK(pad_y >= 0 && pad_x >= 0 && pad_y <= 2 && pad_x <= 2, "winograd_weight_grad: padding must be 0..2");
@@ -482,6 +484,6 @@ at::Tensor winograd_weight_grad(const at::Tensor& dy, const at::Tensor& x, int64
 
 TORCH_LIBRARY_FRAGMENT(triplane3d_cpu, m) {
     m.def("winograd_weight", &winograd_weight);  // packed F(4x4, 3x3) filter transform (CPU)
-    m.def("winograd_conv3x3", &winograd_conv3x3);
-    m.def("winograd_weight_grad", &winograd_weight_grad);  // dw of winograd_conv3x3 (CPU)  // stride-1 3x3 conv by F(4x4, 3x3), channels-last (CPU)
+    m.def("winograd_conv3x3", &winograd_conv3x3);  // stride-1 3x3 conv by F(4x4, 3x3), channels-last (CPU)
+    m.def("winograd_weight_grad", &winograd_weight_grad);  // dw of winograd_conv3x3 (CPU)
 }
