@@ -10,7 +10,7 @@ tensors, with the number of times it runs per step. For each shape it prints the
 of the forward convolution, the input gradient (the transposed convolution) and the weight
 gradient, direct against Winograd, how often each runs per step, the Winograd results' largest
 error relative to a float64 reference (the direct float32 results' beside it), and whether
-`winograd.usable` picks the kernel for it (the `MIN_MACS` rule). The last line sums the times
+`winograd.usable` picks the kernel for each pass (its size rules). The last line sums the times
 over a step, with the kernel only where it is used.
 """
 
@@ -156,16 +156,19 @@ def main() -> None:
     for shape, counts in sorted(shapes.items(), key=lambda kv: -kv[0][1] * kv[0][2] * kv[0][3] * kv[0][4]):
         n, c, k, h, w_, pad = shape
         x = torch.empty(n, c, h, w_).contiguous(memory_format=torch.channels_last)
-        used = winograd.usable(x, torch.empty(k, c, 3, 3), (1, 1), (pad, pad), (1, 1), 1)
+        used = {p: winograd.usable(x, torch.empty(k, c, 3, 3), (1, 1), (pad, pad), (1, 1), 1,
+                                   weight_grad=p == "weight grad") for p in PASSES}
         result = bench_shape(shape, args.repeats)
         runs = "/".join(str(counts[p]) for p in PASSES)
         cells = "  ".join(f"{result[p][0]:6.2f} / {result[p][1]:6.2f}" for p in PASSES)
         errors = ", ".join(f"{result[p][2]:.1e} ({result[p][3]:.1e})" for p in PASSES)
         shape_text = f"{n} x {c:3d} -> {k:3d} @ {h:3d}x{w_:<3d} p{pad}"
-        print(f"{shape_text}  {'yes' if used else 'no':>4s}  {runs:>8s}  {cells}  {errors}")
+        used_text = "".join("y" if used[p] else "n" for p in PASSES)
+        print(f"{shape_text}  {used_text:>4s}  {runs:>8s}  {cells}  {errors}")
         direct_total += sum(counts[p] * result[p][0] for p in PASSES)
-        wino_total += sum(counts[p] * result[p][1 if used else 0] for p in PASSES)
-    print("(times: direct / Winograd, median ms; runs: forward/input grad/weight grad calls per G+D step)")
+        wino_total += sum(counts[p] * result[p][1 if used[p] else 0] for p in PASSES)
+    print("(times: direct / Winograd, median ms; runs: forward/input grad/weight grad calls per G+D step;"
+          " used: y/n for each of the three)")
     print(f"per G+D step, these convolutions: direct {direct_total:.1f} ms; Winograd where 'used' "
           f"{wino_total:.1f} ms (x{direct_total / max(wino_total, 1e-9):.2f})")
 

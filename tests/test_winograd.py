@@ -105,6 +105,7 @@ def test_results_do_not_depend_on_the_thread_count(cpu_kernels_module):
 def small_convs_use_the_kernel(monkeypatch):
     """The tests' convolutions are far below the size where the networks start to use the kernel."""
     monkeypatch.setattr(winograd, "MIN_MACS", 0)
+    monkeypatch.setattr(winograd, "MIN_OUTPUTS", 0)
 
 
 def test_weight_transform_matches_the_reference(cpu_kernels_module):
@@ -143,6 +144,14 @@ def test_usable_rules(cpu_kernels_module, monkeypatch):
     assert not winograd.usable(x.double(), w.double(), (1, 1), (1, 1), (1, 1), 1)
     assert not winograd.usable(_cl(x[:, :16]), w[:16, :16], (1, 1), (1, 1), (1, 1), 1)  # below MIN_CHANNELS
     assert not winograd.usable(_cl(x[:, :, :8, :8]), w, (1, 1), (1, 1), (1, 1), 1)  # below MIN_MACS again
+    monkeypatch.setattr(winograd, "MIN_MACS", 0)
+    monkeypatch.setattr(winograd, "MIN_OUTPUTS", 34 * 33 + 1)  # one more than this conv's outputs per image
+    assert not winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1)
+    monkeypatch.setattr(winograd, "MIN_OUTPUTS", 34 * 33)
+    assert winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1, weight_grad=True)
+    monkeypatch.setattr(winograd, "MAX_WEIGHT_GRAD_CHANNELS", 32 * 32 - 1)
+    assert not winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1, weight_grad=True)
+    assert winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1)  # the forward still does
     assert not winograd.usable(x, torch.randn(32, 32, 1, 1), (1, 1), (0, 0), (1, 1), 1)  # 1x1
     winograd.state.enabled = False
     try:

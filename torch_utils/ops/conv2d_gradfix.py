@@ -139,7 +139,7 @@ class _WeightGradFn(torch.autograd.Function):
         ctx.spec, ctx.weight_shape = spec, weight_shape
         ctx.save_for_backward(grad_out, x)
         if not spec.transpose and winograd.usable(x, x.new_empty(weight_shape), spec.stride, spec.padding,
-                                                  spec.dilation, spec.groups):
+                                                  spec.dilation, spec.groups, weight_grad=True):
             return winograd.weight_grad3x3(grad_out, x, spec.padding)
         # convolution_backward reads only the weight's shape; a stand-in of that shape suffices.
         weight = x.new_empty(weight_shape)

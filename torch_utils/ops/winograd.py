@@ -9,8 +9,9 @@ swapped. `weight_grad3x3` is the weight gradient, in the same transform domain.
 
 `usable(x, w, ...)` decides where the kernel is used: float32 CPU tensors in channels-last
 layout (the networks' layout on a CPU), 3x3 filters, stride 1, no dilation or groups,
-padding up to 2, channel counts that are multiples of 16 and at least `MIN_CHANNELS`, and
-convolutions of at least `MIN_MACS` multiply-adds. Anything else keeps oneDNN's convolution
+padding up to 2, channel counts that are multiples of 16 and at least `MIN_CHANNELS`,
+convolutions of at least `MIN_MACS` multiply-adds and `MIN_OUTPUTS` outputs per image, and for
+the weight gradient at most `MAX_WEIGHT_GRAD_CHANNELS` channel pairs. Anything else keeps oneDNN's convolution
 (so do all of the demo's, which are below `MIN_MACS`).
 `bench/winograd.py` times both for the shapes of the training step.
 
@@ -29,7 +30,7 @@ from torch_utils import misc
 from torch_utils.ops.cpu_kernels import plugin
 
 __all__ = ["conv3x3", "conv_transpose3x3", "weight_grad3x3", "transform_weight", "usable", "state", "enabled",
-           "MIN_CHANNELS", "MIN_MACS"]
+           "MIN_CHANNELS", "MIN_MACS", "MIN_OUTPUTS", "MAX_WEIGHT_GRAD_CHANNELS"]
 
 # The transforms cost per channel and the products per channel pair, so few channels gain least;
 # the networks' steps were measured from 32 channels up (`bench/winograd.py`).
@@ -39,6 +40,14 @@ MIN_CHANNELS = 32
 # at 16x16, batch 4 (151M) and for the demo's 32 channels at 32x32, batch 16 (151M); 1.5x faster
 # for 128 channels at 32x32, batch 4 (604M). `bench/winograd.py` prints these.
 MIN_MACS = 2 ** 28
+# Outputs per image below which the direct convolution wins however many channels there are:
+# with few tiles per image the transforms of the weights (and, for the weight gradient, of its
+# sums) are paid for too few tiles (512 channels at 16x16, batch 2: 0.64x).
+MIN_OUTPUTS = 32 * 32
+# Input x output channels above which the weight gradient stays direct: its partial sums
+# (36 x C x K floats per group of tiles, 38 MB at 512 x 512) cost more than the products it
+# saves (512 channels, batch 2: 0.75x at 64x64, 0.41x at 32x32; 256 channels: 1.9x at 128x128).
+MAX_WEIGHT_GRAD_CHANNELS = 256 * 256
 
 
 class _WinogradState:
@@ -82,9 +91,10 @@ def transform_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 def usable(x: torch.Tensor, w: torch.Tensor, stride: Sequence[int], padding: Sequence[int],
-           dilation: Sequence[int], groups: int, transposed: bool = False) -> bool:
+           dilation: Sequence[int], groups: int, transposed: bool = False, weight_grad: bool = False) -> bool:
     """Whether conv2d (or, with `transposed`, conv_transpose2d without output padding) of x
-    and w with these arguments runs through the kernel."""
+    and w with these arguments runs through the kernel; with `weight_grad`, whether the
+    convolution's weight gradient does."""
     if not state.enabled or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
         return False
     if x.dim() != 4 or w.dim() != 4 or tuple(w.shape[2:]) != (3, 3) or groups != 1:
@@ -98,7 +108,9 @@ def usable(x: torch.Tensor, w: torch.Tensor, stride: Sequence[int], padding: Seq
         return False  # NCHW (or a 1x1 image, where the layouts coincide): oneDNN's path
     pad = [2 - p for p in padding] if transposed else padding
     out_h, out_w = x.shape[2] + 2 * pad[0] - 2, x.shape[3] + 2 * pad[1] - 2
-    if out_h < 1 or out_w < 1 or x.shape[0] * c * k * out_h * out_w * 9 < MIN_MACS:
+    if out_h < 1 or out_w < 1 or out_h * out_w < MIN_OUTPUTS or x.shape[0] * c * k * out_h * out_w * 9 < MIN_MACS:
+        return False
+    if weight_grad and c * k > MAX_WEIGHT_GRAD_CHANNELS:
         return False
     return plugin.get() is not None
 

@@ -266,9 +266,17 @@ void block_matmul_tn(const float* V, const float* dM, float* dU, int64_t rows, i
 
 // Tiles per block: the block's V and M (36 x rows x (C + K) floats) stay within about 1 MiB,
 // half of a core's L2 on current server CPUs, and rows are a multiple of the micro-kernel's.
+// Where U (36 x C x K floats) is larger than that itself (above 128 x 128 channels), every block
+// streams all of U (or, for the weight gradient, all of dU) from further out, so blocks get at
+// least kBigRows tiles to share that traffic, although V and M then spill from L2. At 512
+// channels and batch 2 that made the forward at 32x32 1.8x faster (43.7 to 24.9 ms) and the
+// weight gradient at 64x64 1.8x (314 to 170 ms).
+constexpr int64_t kBigRows = 96;
+
 int64_t block_rows(int64_t C, int64_t K, int64_t T) {
     const int64_t budget = (int64_t{1} << 20) / (kPos * (C + K) * int64_t{sizeof(float)});
-    const int64_t rows = std::max(kMR, budget / kMR * kMR);
+    int64_t rows = std::max(kMR, budget / kMR * kMR);
+    if (C * K > 128 * 128) rows = std::max(rows, kBigRows);
     return std::min(rows, (T + kMR - 1) / kMR * kMR);
 }
 
