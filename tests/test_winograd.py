@@ -298,3 +298,25 @@ def test_training_with_the_kernel_follows_training_without_it(cpu_kernels_module
     diff = sum((a - b).square().sum() for a, b in zip(weights[True], weights[False])).sqrt()
     norm = sum(b.square().sum() for b in weights[False]).sqrt()
     assert diff <= 1e-6 * norm, f"relative difference {float(diff / norm):.3g}"
+
+
+def test_the_demo_step_keeps_oneDNN_and_eg3d_small_uses_the_kernel(cpu_kernels_module):
+    """What the README says: none of the demo's convolutions reaches the kernel's size rules
+    (so the demo trains as before), while eg3d-small's large layers do (`bench/winograd.py`'s
+    shape collection, one G+D step each, with the calls per pass)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
+    from winograd import PASSES, collect_shapes  # bench/winograd.py
+
+    def used(shape, what):
+        n, c, k, h, w, pad = shape
+        x = torch.empty(n, c, h, w).contiguous(memory_format=torch.channels_last)
+        return winograd.usable(x, torch.empty(k, c, 3, 3), (1, 1), (pad, pad), (1, 1), 1,
+                               weight_grad=what == "weight grad")
+
+    demo = collect_shapes("demo", classes=4, batch=16, resolution=64)
+    assert demo and not any(used(shape, what) for shape, runs in demo.items() for what in runs)
+    small = collect_shapes("eg3d-small", classes=2, batch=4, resolution=128)
+    assert all(used(shape, what) for shape, runs in small.items() for what in PASSES if shape[3] >= 32)
