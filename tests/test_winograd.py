@@ -117,6 +117,11 @@ def test_weight_transform_matches_the_reference(cpu_kernels_module):
         flipped = w.transpose(0, 1).flip([2, 3]).contiguous()  # a transposed conv's weight of the same op
         assert torch.allclose(cpu_kernels_module.winograd_weight(flipped, True), winograd.transform_weight(w),
                               rtol=1e-6, atol=1e-7)
+        # Any strides are read as they are: channels-last weights (the networks') and views.
+        assert torch.equal(cpu_kernels_module.winograd_weight(w.contiguous(memory_format=torch.channels_last), False),
+                           cpu_kernels_module.winograd_weight(w, False))
+        assert torch.equal(cpu_kernels_module.winograd_weight(w.transpose(0, 1).flip([2, 3]), True),
+                           cpu_kernels_module.winograd_weight(flipped, True))
 
 
 def _eligible_case():

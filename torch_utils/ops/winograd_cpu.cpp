@@ -286,15 +286,17 @@ constexpr double kG[kPatch][3] = {
     {1. / 24, 1. / 12, 1. / 6}, {1. / 24, -1. / 12, 1. / 6}, {0., 0., 1.}};
 
 // U = G g G^T of the 16 filters g = w[k0 + v][c] (v < 16; of a transposed convolution's weight:
-// w[c][k0 + v] flipped), in double: dst[p * stride + v] for the 36 positions p.
-void transform_filters(const float* wp, int64_t K, int64_t C, bool transposed, int64_t k0, int64_t c, float* dst,
+// w[c][k0 + v] flipped), in double: dst[p * stride + v] for the 36 positions p. w is read with
+// its strides `ws` (the networks keep conv weights channels-last: no contiguous copy per call).
+void transform_filters(const float* wp, const int64_t* ws, bool transposed, int64_t k0, int64_t c, float* dst,
                        int64_t stride) {
     double g[3][3][kLanes], half[kPatch][3][kLanes];
     for (int64_t r = 0; r < 3; ++r)
         for (int64_t s = 0; s < 3; ++s)
             for (int64_t v = 0; v < kLanes; ++v) {
                 const int64_t k = k0 + v;
-                g[r][s][v] = transposed ? wp[((c * K + k) * 3 + 2 - r) * 3 + 2 - s] : wp[((k * C + c) * 3 + r) * 3 + s];
+                g[r][s][v] = transposed ? wp[c * ws[0] + k * ws[1] + (2 - r) * ws[2] + (2 - s) * ws[3]]
+                                        : wp[k * ws[0] + c * ws[1] + r * ws[2] + s * ws[3]];
             }
     for (int64_t a = 0; a < kPatch; ++a)
         for (int64_t s = 0; s < 3; ++s)
@@ -313,12 +315,13 @@ void transform_filters(const float* wp, int64_t K, int64_t C, bool transposed, i
 at::Tensor winograd_weight(const at::Tensor& weight, bool transposed) {
     TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 && weight.scalar_type() == at::kFloat,
                 "winograd_weight: w must be a float32 [*, *, 3, 3] tensor");
-    const at::Tensor w = weight.contiguous();
+    const at::Tensor& w = weight;
     const int64_t K = transposed ? w.size(1) : w.size(0), C = transposed ? w.size(0) : w.size(1);
     TORCH_CHECK(K % 16 == 0, "winograd_weight: the output channels (", K, ") must be a multiple of 16");
     const int64_t NR = K % 32 == 0 ? 32 : 16;
     auto u = at::empty({kPos, K / NR, C, NR}, w.options());
     const float* wp = w.data_ptr<float>();
+    const int64_t ws[4] = {w.stride(0), w.stride(1), w.stride(2), w.stride(3)};
     float* up = u.data_ptr<float>();
     // 16 consecutive k at a time, neighbours in U's panels: the arithmetic vectorises over them.
     // Their transforms for all C go to a scratch [36][C][16] first and then to U one position
@@ -328,7 +331,7 @@ at::Tensor winograd_weight(const at::Tensor& weight, bool transposed) {
         std::vector<float> scratch(kPos * C * kLanes);
         for (int64_t k0 = chunk_begin * kLanes; k0 < chunk_end * kLanes; k0 += kLanes) {
             for (int64_t c = 0; c < C; ++c)
-                transform_filters(wp, K, C, transposed, k0, c, scratch.data() + c * kLanes, C * kLanes);
+                transform_filters(wp, ws, transposed, k0, c, scratch.data() + c * kLanes, C * kLanes);
             for (int64_t p = 0; p < kPos; ++p)
                 for (int64_t c = 0; c < C; ++c)
                     std::copy_n(scratch.data() + (p * C + c) * kLanes, kLanes,
