@@ -101,6 +101,31 @@ def test_results_do_not_depend_on_the_thread_count(cpu_kernels_module):
         assert torch.equal(y, runs[0][0]) and torch.equal(dw, runs[0][1])
 
 
+# F(4x4, 3x3) filter transform (Lavin & Gray 2016): U = G g G^T.
+_G = torch.tensor([
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+], dtype=torch.float64)
+
+
+def _reference_weight_transform(w: torch.Tensor) -> torch.Tensor:
+    """[K, C, 3, 3] weight -> U packed as [36, K / NR, C, NR] (NR = 32 if it divides K, else 16).
+
+    Computed in float64 and rounded once, so U is the float32 rounding of the exact transform.
+    An independent reference for the kernel's `winograd_weight` (einsum in float64).
+    """
+    k, c = w.shape[:2]
+    nr = 32 if k % 32 == 0 else 16
+    g = _G.to(w.device)
+    u = torch.einsum("ar,kcrs,js->ajck", g, w.double(), g)  # [6, 6, C, K]
+    u = u.reshape(36, c, k // nr, nr).permute(0, 2, 1, 3)  # [36, K / NR, C, NR]
+    return u.to(torch.float32).contiguous()
+
+
 @pytest.fixture
 def small_convs_use_the_kernel(monkeypatch):
     """The tests' convolutions are far below the size where the networks start to use the kernel."""
@@ -112,10 +137,10 @@ def test_weight_transform_matches_the_reference(cpu_kernels_module):
     torch.manual_seed(7)
     for k, c in ((32, 16), (48, 32)):
         w = torch.randn(k, c, 3, 3)
-        expected = winograd.transform_weight(w)
+        expected = _reference_weight_transform(w)
         assert torch.allclose(cpu_kernels_module.winograd_weight(w, False), expected, rtol=1e-6, atol=1e-7)
         flipped = w.transpose(0, 1).flip([2, 3]).contiguous()  # a transposed conv's weight of the same op
-        assert torch.allclose(cpu_kernels_module.winograd_weight(flipped, True), winograd.transform_weight(w),
+        assert torch.allclose(cpu_kernels_module.winograd_weight(flipped, True), _reference_weight_transform(w),
                               rtol=1e-6, atol=1e-7)
         # Any strides are read as they are: channels-last weights (the networks') and views.
         assert torch.equal(cpu_kernels_module.winograd_weight(w.contiguous(memory_format=torch.channels_last), False),
@@ -182,7 +207,7 @@ def _count_kernel_calls(monkeypatch):
 
 
 def test_gradfix_conv2d_runs_forward_and_both_gradients_through_the_kernel(cpu_kernels_module, monkeypatch,
-                                                                          small_convs_use_the_kernel):
+                                                                           small_convs_use_the_kernel):
     x, w, b = _eligible_case()
     probe = _cl(torch.randn(2, 32, 34, 33, generator=torch.Generator().manual_seed(6)))
     leaves = [t.double().requires_grad_(True) for t in (x, w, b)]

@@ -80,7 +80,7 @@ class _ConvSpec:
         """The plain forward op (stride-1 3x3 ones on a CPU by Winograd's algorithm where it pays)."""
         if self.transpose:
             if self.output_padding == (0, 0) and winograd.usable(x, w, self.stride, self.padding, self.dilation,
-                                                                  self.groups, transposed=True):
+                                                                 self.groups, transposed=True):
                 return winograd.conv_transpose3x3(x, w, b, self.padding)
             return F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding,
                                       self.groups, self.dilation)
@@ -138,11 +138,11 @@ class _WeightGradFn(torch.autograd.Function):
     def forward(ctx, grad_out, x, spec: _ConvSpec, weight_shape):  # type: ignore[override]
         ctx.spec, ctx.weight_shape = spec, weight_shape
         ctx.save_for_backward(grad_out, x)
-        if not spec.transpose and winograd.usable(x, x.new_empty(weight_shape), spec.stride, spec.padding,
-                                                  spec.dilation, spec.groups, weight_grad=True):
-            return winograd.weight_grad3x3(grad_out, x, spec.padding)
-        # convolution_backward reads only the weight's shape; a stand-in of that shape suffices.
+        # Both paths read only the weight's shape (and dtype); a stand-in of that shape suffices.
         weight = x.new_empty(weight_shape)
+        if not spec.transpose and winograd.usable(x, weight, spec.stride, spec.padding, spec.dilation, spec.groups,
+                                                  weight_grad=True):
+            return winograd.weight_grad3x3(grad_out, x, spec.padding)
         _, grad_w, _ = torch.ops.aten.convolution_backward(
             grad_out, x, weight, None, list(spec.stride), list(spec.padding), list(spec.dilation),
             spec.transpose, list(spec.output_padding), spec.groups, [False, True, False])

@@ -29,7 +29,7 @@ import torch
 from torch_utils import misc
 from torch_utils.ops.cpu_kernels import plugin
 
-__all__ = ["conv3x3", "conv_transpose3x3", "weight_grad3x3", "transform_weight", "usable", "state", "enabled",
+__all__ = ["conv3x3", "conv_transpose3x3", "weight_grad3x3", "usable", "state", "enabled",
            "MIN_CHANNELS", "MIN_MACS", "MIN_OUTPUTS", "MAX_WEIGHT_GRAD_CHANNELS"]
 
 # The transforms cost per channel and the products per channel pair, so few channels gain least;
@@ -63,31 +63,6 @@ state = _WinogradState()
 def enabled(flag: bool) -> ContextManager[None]:
     """Within the block, conv2d_gradfix uses (True) or skips (False) the kernel."""
     return misc.attribute_set(state, "enabled", bool(flag))
-
-
-# F(4x4, 3x3) filter transform (Lavin & Gray 2016): U = G g G^T.
-_G = torch.tensor([
-    [1 / 4, 0, 0],
-    [-1 / 6, -1 / 6, -1 / 6],
-    [-1 / 6, 1 / 6, -1 / 6],
-    [1 / 24, 1 / 12, 1 / 6],
-    [1 / 24, -1 / 12, 1 / 6],
-    [0, 0, 1],
-], dtype=torch.float64)
-
-
-def transform_weight(w: torch.Tensor) -> torch.Tensor:
-    """[K, C, 3, 3] weight -> U packed as [36, K / NR, C, NR] (NR = 32 if it divides K, else 16).
-
-    Computed in float64 and rounded once, so U is the float32 rounding of the exact transform.
-    The kernel's own `winograd_weight` computes the same; this is its reference in the tests.
-    """
-    k, c = w.shape[:2]
-    nr = 32 if k % 32 == 0 else 16
-    g = _G.to(w.device)
-    u = torch.einsum("ar,kcrs,js->ajck", g, w.double(), g)  # [6, 6, C, K]
-    u = u.reshape(36, c, k // nr, nr).permute(0, 2, 1, 3)  # [36, K / NR, C, NR]
-    return u.to(torch.float32).contiguous()
 
 
 def usable(x: torch.Tensor, w: torch.Tensor, stride: Sequence[int], padding: Sequence[int],

@@ -341,24 +341,32 @@ at::Tensor winograd_weight(const at::Tensor& weight, bool transposed) {
     return u;
 }
 
-at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
-                            int64_t pad_y, int64_t pad_x) {
-    TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
-                "winograd_conv3x3: x must be a 4-D float32 CPU tensor");
-    TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "winograd_conv3x3: x must be channels-last");
-    TORCH_CHECK(u.dim() == 4 && u.size(0) == kPos && u.scalar_type() == at::kFloat && u.is_contiguous(),
-                "winograd_conv3x3: u must be the packed transformed weight [36, K / NR, C, NR]");
+// The geometry of the convolution of x ([N, C, H, W] float32 CPU, channels-last) to K channels
+// with this padding, after checking what both operators need of them.
+Geometry conv_geometry(const char* op, const at::Tensor& x, int64_t K, int64_t pad_y, int64_t pad_x) {
+    TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(), op,
+                ": x must be a 4-D float32 CPU tensor");
+    TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": x must be channels-last");
+    TORCH_CHECK(pad_y >= 0 && pad_x >= 0 && pad_y <= 2 && pad_x <= 2, op, ": padding must be 0..2");
     Geometry g{};
-    g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
-    const int64_t NR = u.size(3);
-    g.K = u.size(1) * NR;
-    TORCH_CHECK(u.size(2) == g.C, "winograd_conv3x3: u has ", u.size(2), " input channels, x has ", g.C);
-    TORCH_CHECK((NR == 16 || NR == 32) && g.C % kLanes == 0,
-                "winograd_conv3x3: needs panels of 16 or 32 columns and channels in multiples of 16");
-    TORCH_CHECK(pad_y >= 0 && pad_x >= 0 && pad_y <= 2 && pad_x <= 2, "winograd_conv3x3: padding must be 0..2");
+    g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3), g.K = K;
+    TORCH_CHECK(g.C % kLanes == 0 && g.K % kLanes == 0, op, ": channels must be multiples of 16");
     g.pad_y = pad_y, g.pad_x = pad_x;
     g.Ho = g.H + 2 * pad_y - 2, g.Wo = g.W + 2 * pad_x - 2;
-    TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "winograd_conv3x3: the input is smaller than the filter");
+    TORCH_CHECK(g.Ho > 0 && g.Wo > 0, op, ": the input is smaller than the filter");
+    g.tiles_y = (g.Ho + kTile - 1) / kTile, g.tiles_x = (g.Wo + kTile - 1) / kTile;
+    g.T = g.N * g.tiles_y * g.tiles_x;
+    return g;
+}
+
+at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& bias,
+                            int64_t pad_y, int64_t pad_x) {
+    TORCH_CHECK(u.dim() == 4 && u.size(0) == kPos && u.scalar_type() == at::kFloat && u.is_contiguous() &&
+                (u.size(3) == 16 || u.size(3) == 32),
+                "winograd_conv3x3: u must be the packed transformed weight [36, K / NR, C, NR], NR = 16 or 32");
+    const int64_t NR = u.size(3);
+    const Geometry g = conv_geometry("winograd_conv3x3", x, u.size(1) * NR, pad_y, pad_x);
+    TORCH_CHECK(u.size(2) == g.C, "winograd_conv3x3: u has ", u.size(2), " input channels, x has ", g.C);
     const float* bp = nullptr;
     at::Tensor b;
     if (bias.has_value() && bias->defined()) {
@@ -366,8 +374,6 @@ at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& u, const c10:
         TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == g.K, "winograd_conv3x3: bias must be [K] float32");
         bp = b.data_ptr<float>();
     }
-    g.tiles_y = (g.Ho + kTile - 1) / kTile, g.tiles_x = (g.Wo + kTile - 1) / kTile;
-    g.T = g.N * g.tiles_y * g.tiles_x;
     auto y = at::empty({g.N, g.K, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
     const float* xp = x.data_ptr<float>();
     const float* up = u.data_ptr<float>();
@@ -451,21 +457,12 @@ void inverse_filter_transform(const float* dU, const Geometry& g, float* dwp) {
 // dw [K, C, 3, 3] of y = conv3x3(x, w, padding) from dy = dL/dy: with M = sum over c of U ⊙ V
 // and Y = A^T M A, dM = A dY A^T, dU[p] = V[p]^T dM[p] (summed over tiles) and dw = G^T dU G.
 at::Tensor winograd_weight_grad(const at::Tensor& dy, const at::Tensor& x, int64_t pad_y, int64_t pad_x) {
-    TORCH_CHECK(x.dim() == 4 && dy.dim() == 4 && x.scalar_type() == at::kFloat && dy.scalar_type() == at::kFloat &&
-                x.device().is_cpu() && dy.device().is_cpu(),
-                "winograd_weight_grad: x and dy must be 4-D float32 CPU tensors");
-    TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast) && dy.is_contiguous(at::MemoryFormat::ChannelsLast),
-                "winograd_weight_grad: x and dy must be channels-last");
-    TORCH_CHECK(pad_y >= 0 && pad_x >= 0 && pad_y <= 2 && pad_x <= 2, "winograd_weight_grad: padding must be 0..2");
-    Geometry g{};
-    g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3), g.K = dy.size(1);
-    g.pad_y = pad_y, g.pad_x = pad_x;
-    g.Ho = g.H + 2 * pad_y - 2, g.Wo = g.W + 2 * pad_x - 2;
+    TORCH_CHECK(dy.dim() == 4 && dy.scalar_type() == at::kFloat && dy.device().is_cpu() &&
+                dy.is_contiguous(at::MemoryFormat::ChannelsLast),
+                "winograd_weight_grad: dy must be a 4-D float32 CPU tensor, channels-last");
+    const Geometry g = conv_geometry("winograd_weight_grad", x, dy.size(1), pad_y, pad_x);
     TORCH_CHECK(dy.size(0) == g.N && dy.size(2) == g.Ho && dy.size(3) == g.Wo,
                 "winograd_weight_grad: dy's shape does not match the convolution of x");
-    TORCH_CHECK(g.C % kLanes == 0 && g.K % kLanes == 0, "winograd_weight_grad: channels must be multiples of 16");
-    g.tiles_y = (g.Ho + kTile - 1) / kTile, g.tiles_x = (g.Wo + kTile - 1) / kTile;
-    g.T = g.N * g.tiles_y * g.tiles_x;
     const float* xp = x.data_ptr<float>();
     const float* dyp = dy.data_ptr<float>();
     const int64_t rows = block_rows(g.C, g.K, g.T);
