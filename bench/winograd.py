@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections import Counter
 from typing import Callable, Dict, Tuple
 
@@ -88,13 +87,8 @@ def collect_shapes(cfg: str, classes: int, batch: int, resolution: int) -> Dict[
 
 
 def median_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    """Median wall time of fn() in ms after one untimed call (bench/step.py's timer)."""
+    return statistics.median(step.time_fn(fn, torch.device("cpu"), repeats, warmup=1)) * 1e3
 
 
 def rel_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
