@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from torch_utils import misc, precision
-from torch_utils.ops import bias_act, conv2d_resample, fma, modulate, upfirdn2d
+from torch_utils.ops import bias_act, conv2d_resample, fma, modulate, torgb, upfirdn2d
 
 __all__ = [
     "normalize_2nd_moment",
@@ -368,9 +368,17 @@ class ToRGBLayer(nn.Module):
         self.padding = kernel_size // 2
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True,
-                skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The layer's output, plus ``skip`` if given (summed in the same pass, in skip's dtype and layout)."""
+                skip: Optional[torch.Tensor] = None, skip_filter: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The layer's output, plus ``skip`` if given (summed in the same pass, in skip's dtype and layout).
+
+        With ``skip_filter`` the skip image has half x's resolution and is first upsampled with it
+        (`upfirdn2d.upsample2d`); on a CPU `torgb.modulated_torgb` does all of it in one pass.
+        """
         styles = self.affine(w) * self.weight_gain  # without demodulation the fan-in scaling goes here
+        if self.padding == 0 and torgb.kernel_applies(x, self.weight, styles, self.bias, skip, skip_filter):
+            return torgb.modulated_torgb(x, self.weight, styles, self.bias, skip, skip_filter, clamp=self.conv_clamp)
+        if skip is not None and skip_filter is not None:
+            skip = upfirdn2d.upsample2d(skip, skip_filter)
         x = modulated_conv2d(x, self.weight, styles, padding=self.padding, demodulate=False,
                              fused_modconv=fused_modconv)
         return modulate.skip_epilogue(x, self.bias, skip, clamp=self.conv_clamp)
@@ -451,10 +459,9 @@ class SynthesisBlock(nn.Module):
         keep_input = skip_format == memory_format or self.torgb.out_channels < self.torgb.in_channels
         if img is not None:
             misc.assert_shape(img, [None, self.img_channels, in_res, in_res])
-            if self.up == 2:
-                img = upfirdn2d.upsample2d(img, self.resample_filter)
         y = self.torgb(x if keep_input else x.contiguous(memory_format=skip_format), next(w_iter),
-                       fused_modconv=fused_modconv, skip=img)
+                       fused_modconv=fused_modconv, skip=img,
+                       skip_filter=self.resample_filter if img is not None and self.up == 2 else None)
         return x, y.to(dtype=torch.float32, memory_format=skip_format)
 
     def extra_repr(self) -> str:

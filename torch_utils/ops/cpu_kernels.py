@@ -1,6 +1,7 @@
 """The one C++ library of CPU kernels (torch operators in the `triplane3d_cpu` namespace).
 
-bias_act_cpu.cpp, modulate_cpu.cpp, plane_sample_cpu.cpp, mlp_cpu.cpp and winograd_cpu.cpp are built together on first use
+bias_act_cpu.cpp, modulate_cpu.cpp, plane_sample_cpu.cpp, mlp_cpu.cpp, winograd_cpu.cpp and torgb_cpu.cpp are
+built together on first use
 (`CpuPlugin`, a few seconds with ninja) and cached; `plugin.get()` is `torch.ops.triplane3d_cpu`,
 or None (one warning) where no compiler is available, and the ops then use their PyTorch paths.
 """
@@ -15,7 +16,7 @@ from torch_utils.custom_ops import CpuPlugin
 __all__ = ["plugin", "kernels_enabled"]
 
 plugin = CpuPlugin("triplane3d_cpu_ops", sources=["bias_act_cpu.cpp", "modulate_cpu.cpp", "plane_sample_cpu.cpp",
-                                                    "mlp_cpu.cpp", "winograd_cpu.cpp"],
+                                                    "mlp_cpu.cpp", "winograd_cpu.cpp", "torgb_cpu.cpp"],
                    namespace="triplane3d_cpu", headers=["cpu_elements.h"])
 
 

@@ -1,0 +1,236 @@
+"""Tests for torch_utils.ops.torgb: the one-pass ToRGB CPU kernel against a float64 reference
+(values and every gradient, with and without the skip's upsampling and the clamp), the taps it
+reads off upsample2d, when it applies, bitwise reproducibility across thread counts, its use
+inside the synthesis network, and its portable (non-AVX-512) build."""
+
+import contextlib
+
+import pytest
+import torch
+
+from torch_utils.ops import cpu_kernels, torgb, upfirdn2d
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 2e-5) -> None:
+    scale = expected.abs().max().item()
+    err = (actual.double() - expected).abs().max().item()
+    assert err <= rel * scale, f"max error {err:.3g} against scale {scale:.3g}"
+
+
+def _count_kernel_calls(monkeypatch) -> dict:
+    calls = {"forward": 0}
+    forward = torgb._TorgbCpu.forward
+
+    def spy(ctx, *args):
+        calls["forward"] += 1
+        return forward(ctx, *args)
+
+    monkeypatch.setattr(torgb._TorgbCpu, "forward", staticmethod(spy))
+    return calls
+
+
+def _inputs(n, c, k, h, w, skip_mode, seed=0):
+    torch.manual_seed(seed)
+    x = _cl(torch.randn(n, c, h, w))
+    weight = torch.randn(k, c, 1, 1) / c ** 0.5
+    styles, bias = torch.randn(n, c), torch.randn(k)
+    skip = None
+    if skip_mode == "up":
+        skip = _cl(torch.randn(n, k, h // 2, w // 2))
+    elif skip_mode == "same":
+        skip = _cl(torch.randn(n, k, h, w))
+    return x, weight, styles, bias, skip
+
+
+# (N, C, K, H, W, skip, filter, clamp): widths that leave a partial 4-pixel block, 16 to 112
+# output channels (112: a full 96-channel register block and a 16-channel one), a filter that
+# is not symmetric (catches flipped taps), and clamps that cut a third of the outputs or none.
+CASES = [
+    (2, 20, 48, 10, 14, "up", [1, 3, 3, 1], None),
+    (2, 7, 16, 6, 10, "up", [1, 2, 5, 3], 0.5),
+    (1, 33, 112, 8, 6, "up", [1, 3, 3, 1], 1e4),
+    (3, 16, 32, 5, 9, "same", None, 0.5),
+    (2, 24, 96, 4, 7, None, None, None),
+]
+
+
+@pytest.mark.parametrize("n,c,k,h,w,skip_mode,filt,clamp", CASES)
+def test_kernel_matches_float64_reference_with_every_gradient(cpu_kernels_module, monkeypatch, n, c, k, h, w,
+                                                              skip_mode, filt, clamp):
+    calls = _count_kernel_calls(monkeypatch)
+    x, weight, styles, bias, skip = _inputs(n, c, k, h, w, skip_mode)
+    f = upfirdn2d.setup_filter(filt) if filt is not None else None
+    leaves = [t for t in (x, weight, styles, bias, skip) if t is not None]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref_args = ref_leaves + ([None] if skip is None else [])
+    ref = torgb.modulated_torgb_ref(*ref_args, skip_filter=None if f is None else f.double(), clamp=clamp)
+    if clamp == 0.5:
+        assert (ref.abs() > clamp).any()  # the masked gradient path is exercised
+    grad = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad)
+
+    leaves = [t.detach().requires_grad_() for t in leaves]
+    args = leaves + ([None] if skip is None else [])
+    assert torgb.kernel_applies(*args, skip_filter=f)
+    out = torgb.modulated_torgb(*args, skip_filter=f, clamp=clamp)
+    assert calls["forward"] == 1
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
+    _close(out, ref)
+    grads = torch.autograd.grad(out, leaves, grad.float())
+    for name, g, g_ref in zip(["x", "weight", "styles", "bias", "skip"], grads, ref_grads):
+        assert g.shape == g_ref.shape, name
+        _close(g, g_ref, rel=5e-5)
+
+
+def test_taps_are_read_off_upsample2d():
+    # [1, 3, 3, 1] / 8 with gain 2 per axis: even outputs 1/4, 3/4; odd ones 3/4, 1/4.
+    assert torgb._skip_taps(upfirdn2d.setup_filter([1, 3, 3, 1])) == pytest.approx((0.25, 0.75, 0.75, 0.25))
+    assert torgb._skip_taps(upfirdn2d.setup_filter([1, 2, 3, 4, 3, 2])) is None  # 6 taps
+    assert torgb._skip_taps(upfirdn2d.setup_filter([1, 3, 3, 1], separable=False)) is None  # a 2-D filter
+
+
+def test_kernel_applies_only_where_it_can(cpu_kernels_module):
+    x, weight, styles, bias, skip = _inputs(2, 8, 32, 8, 8, "up")
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    assert torgb.kernel_applies(x, weight, styles, bias, skip, f)
+    assert not torgb.kernel_applies(x.contiguous(), weight, styles, bias, skip, f)  # NCHW activations
+    assert not torgb.kernel_applies(x, weight[:3], styles, bias[:3], None)  # an RGB ToRGB
+    assert not torgb.kernel_applies(x.bfloat16(), weight, styles, bias, skip, f)
+    assert not torgb.kernel_applies(x, weight, styles, bias, skip.contiguous(), f)
+    assert not torgb.kernel_applies(x, weight, styles, bias, skip, upfirdn2d.setup_filter([1, 2, 1]))
+    with cpu_kernels.kernels_enabled(False):
+        assert not torgb.kernel_applies(x, weight, styles, bias, skip, f)
+
+
+def test_bad_input_is_named(cpu_kernels_module):
+    x, weight, styles, bias, skip = _inputs(2, 8, 32, 8, 8, "up")
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    with pytest.raises(ValueError, match="skip must be"):
+        torgb.modulated_torgb(x, weight, styles, bias, skip, None)  # half-size skip without a filter
+    with pytest.raises(ValueError, match="styles must be"):
+        torgb.modulated_torgb(x, weight, styles[:1], bias, skip, f)
+    with pytest.raises(ValueError, match="impl"):
+        torgb.modulated_torgb(x, weight, styles, bias, skip, f, impl="cuda")
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        cpu_kernels_module.torgb_forward(x, torch.randn(20, 8), styles, torch.randn(20), x.new_empty([0]),
+                                         x.new_empty([0]), -1.0)
+    with pytest.raises(RuntimeError, match="channels-last"):
+        cpu_kernels_module.torgb_forward(x.contiguous(), weight.reshape(32, 8), styles, bias, x.new_empty([0]),
+                                         x.new_empty([0]), -1.0)
+
+
+@pytest.mark.parametrize("clamp", [None, 0.5])
+def test_results_do_not_depend_on_the_thread_count(cpu_kernels_module, clamp):
+    x, weight, styles, bias, skip = _inputs(2, 32, 96, 16, 12, "up", seed=3)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    grad = _cl(torch.randn(2, 96, 16, 12))
+    results = []
+    for threads in (1, 2, 3):
+        with _threads(threads):
+            leaves = [t.detach().requires_grad_() for t in (x, weight, styles, bias, skip)]
+            out = torgb.modulated_torgb(*leaves, skip_filter=f, clamp=clamp)
+            results.append([out] + list(torch.autograd.grad(out, leaves, grad)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_synthesis_network_with_and_without_the_kernel(cpu_kernels_module, monkeypatch):
+    """A channels-last tri-plane backbone (48-channel skip images, clamp 256): forward and every
+    parameter's gradient agree with the unfused path (upsample2d, 1x1 conv, skip epilogue)."""
+    from training.networks_stylegan2 import SynthesisNetwork, ToRGBLayer
+
+    torch.manual_seed(0)
+    net = SynthesisNetwork(w_dim=32, img_resolution=32, img_channels=48, channel_base=256, channel_max=32,
+                           conv_clamp=256)
+    ws = torch.randn(2, net.num_ws, 32)
+    calls = _count_kernel_calls(monkeypatch)
+    results = {}
+    for on in (False, True):
+        with cpu_kernels.kernels_enabled(on):
+            torch.manual_seed(1)
+            img = net(ws)
+            grad = torch.randn_like(img)
+            net.zero_grad(set_to_none=True)
+            img.backward(grad)
+            results[on] = [img.detach()] + [p.grad.clone() for p in net.parameters()]
+        if on:
+            # every block's ToRGB: 2x upsampled skips, and same-size ones in the extra blocks
+            assert calls["forward"] == sum(isinstance(m, ToRGBLayer) for m in net.modules()) == 8
+        else:
+            assert calls["forward"] == 0
+    for a, b in zip(results[True], results[False]):
+        _close(a, b.double(), rel=1e-4)
+
+
+_PORTABLE_CHECK = r"""
+import sys
+import torch
+from torch.utils import cpp_extension
+
+source, build_dir = sys.argv[1], sys.argv[2]
+# Without AVX-512 the register blocks take the plain C++ loops instead of the intrinsics.
+cpp_extension.load(name="torgb_portable", sources=[source], build_directory=build_dir,
+                   extra_cflags=["-O2", "-march=x86-64-v2"], is_python_module=False, verbose=False)
+ops = torch.ops.triplane3d_cpu
+torch.manual_seed(0)
+cl = torch.channels_last
+x = torch.randn(2, 24, 10, 14, dtype=torch.float64)
+w, s, b = torch.randn(112, 24, dtype=torch.float64), torch.randn(2, 24, dtype=torch.float64), torch.randn(112, dtype=torch.float64)
+skip = torch.randn(2, 112, 5, 7, dtype=torch.float64)
+taps = torch.tensor([0.25, 0.75, 0.75, 0.25])
+y, clamped = ops.torgb_forward(x.float().contiguous(memory_format=cl), w.float(), s.float(), b.float(),
+                               skip.float().contiguous(memory_format=cl), taps, 3.0)
+f = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=torch.float64)
+up = torch.zeros(2, 112, 10, 14, dtype=torch.float64)
+# upsample: even 2i <- 1/4 s[i-1] + 3/4 s[i]; odd 2i+1 <- 3/4 s[i] + 1/4 s[i+1], per axis
+def up1(t, dim):
+    n = t.shape[dim]
+    pad = torch.nn.functional.pad(t.movedim(dim, -1), (1, 1)).movedim(-1, dim)
+    sl = lambda a, b: pad.narrow(dim, a, b)
+    even = 0.25 * sl(0, n) + 0.75 * sl(1, n)
+    odd = 0.75 * sl(1, n) + 0.25 * sl(2, n)
+    return torch.stack([even, odd], dim=dim + 1).flatten(dim, dim + 1)
+pre = torch.einsum("nchw,kc,nc->nkhw", x, w, s) + b[None, :, None, None]
+ref = pre.clamp(-3, 3) + up1(up1(skip, 2), 3)
+err = (y.double() - ref).abs().max().item() / ref.abs().max().item()
+assert err < 2e-6, err
+assert clamped == int((pre.abs() > 3).sum()), (clamped, int((pre.abs() > 3).sum()))
+print("ok")
+"""
+
+
+def test_portable_build_without_avx512_matches_too(tmp_path):
+    """The kernel's plain C++ path (CPUs without AVX-512), built separately in a fresh process."""
+    import platform
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from torch_utils.custom_ops import cpu_build_available
+
+    ok, reason = cpu_build_available()
+    if not ok:
+        pytest.skip(f"no CPU plugin can be built here: {reason}")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the portable build is pinned to x86-64-v2")
+    source = Path(torgb.__file__).with_name("torgb_cpu.cpp")
+    script = tmp_path / "check.py"
+    script.write_text(_PORTABLE_CHECK)
+    done = subprocess.run([sys.executable, str(script), str(source), str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr

@@ -1,0 +1,346 @@
+// CPU kernels of torgb.py: ToRGB of StyleGAN2's skip architecture in one pass,
+//
+//   y = clamp(conv1x1(x * s[n,c], W) + b[k]) + up(skip),
+//
+// the layer that writes a tri-plane generator's largest tensor (eg3d-small: 4 x 256 x 256 x 96
+// floats, 100 MB). Unfused it is five passes over that size (the skip's 2x upsampling, the
+// style scaling, the 1x1 convolution, the bias/clamp/skip epilogue, and the copies between);
+// here each output row is made once: the upsampled skip row is blended from two skip rows into
+// a scratch row (L2), the modulated 1x1 convolution is a register-blocked matrix product with
+// the per-sample weight Wn[c][k] = W[k,c] * s[n,c], and bias, clamp and skip are applied to its
+// registers before the one store.
+//
+//   torgb_forward        y and the number of clamped elements (the backward needs no mask
+//                        when it is 0, which it nearly always is: clamp is a safety bound)
+//   torgb_skip_backward  from g = dL/dy: the skip's gradient (the adjoint of the 2x
+//                        upsampling) and the bias' gradient sum_{n,p} g, in one pass over g
+//
+// The 2x upsampling is upfirdn2d.upsample2d with a separable 4-tap filter, given as the taps
+// (e0, e1, o0, o1): an even output 2i is e0 * s[i-1] + e1 * s[i], an odd one 2i+1 is
+// o0 * s[i] + o1 * s[i+1], along each axis (torgb.py derives them from the filter).
+//
+// All tensors are float32; x, skip, y and g are channels-last ([N,H,W,C] in memory), the
+// layout of the networks' activations on a CPU. Rows of y are independent tasks, and the
+// bias' sum adds per-row partials in row order, so results are bitwise the same for any
+// thread count.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+// Vectorise the 16-channel loops with 512-bit registers where the CPU has them (GCC's tuning
+// for recent Xeons prefers 256-bit ones).
+#pragma GCC target("prefer-vector-width=512")
+#endif
+
+namespace {
+
+constexpr int64_t kLanes = 16;      // output channels per vector
+constexpr int64_t kMaxVectors = 6;  // output channels per register block: 6 x 16 = 96
+constexpr int64_t kRows = 4;        // pixels per register block (4 x 6 accumulators)
+
+struct Taps {
+    float e0, e1, o0, o1;
+};
+
+Taps taps_of(const at::Tensor& taps) {
+    TORCH_CHECK(taps.device().is_cpu() && taps.scalar_type() == at::kFloat && taps.numel() == 4,
+                "torgb_cpu: taps must be 4 float32 CPU values (e0, e1, o0, o1)");
+    const auto t = taps.contiguous();
+    const float* p = t.data_ptr<float>();
+    return {p[0], p[1], p[2], p[3]};
+}
+
+void check_channels_last(const at::Tensor& t, const char* what) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "torgb_cpu: ", what,
+                " must be a float32 CPU tensor");
+    TORCH_CHECK(t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast), "torgb_cpu: ", what,
+                " must be a 4-D channels-last tensor, got sizes ", t.sizes(), " strides ", t.strides());
+}
+
+// Output row Y of the 2x upsampled skip image (K channels, 2 * Ws pixels) into `row`, with
+// `v` (Ws + 2 pixels) as scratch for the vertical blend; rows outside the image are zeros.
+void upsampled_row(const float* skip, int64_t Hs, int64_t Ws, int64_t K, int64_t Y, const Taps& t, float* v,
+                   float* row) {
+    const int64_t i = Y / 2;
+    const bool odd = Y % 2;
+    const int64_t ya = odd ? i : i - 1, yb = odd ? i + 1 : i;
+    const float wa = (ya >= 0 && ya < Hs) ? (odd ? t.o0 : t.e0) : 0.f;
+    const float wb = (yb >= 0 && yb < Hs) ? (odd ? t.o1 : t.e1) : 0.f;
+    const float* __restrict sa = skip + std::clamp<int64_t>(ya, 0, Hs - 1) * Ws * K;
+    const float* __restrict sb = skip + std::clamp<int64_t>(yb, 0, Hs - 1) * Ws * K;
+    std::fill(v, v + K, 0.f);                           // column -1
+    std::fill(v + (Ws + 1) * K, v + (Ws + 2) * K, 0.f);  // column Ws
+    float* __restrict vc = v + K;
+#pragma omp simd
+    for (int64_t e = 0; e < Ws * K; ++e) vc[e] = wa * sa[e] + wb * sb[e];
+    const float e0 = t.e0, e1 = t.e1, o0 = t.o0, o1 = t.o1;
+    for (int64_t j = 0; j < Ws; ++j) {
+        const float* __restrict vm = vc + (j - 1) * K;
+        const float* __restrict v0 = vc + j * K;
+        const float* __restrict vp = vc + (j + 1) * K;
+        float* __restrict even = row + 2 * j * K;
+        float* __restrict oddp = even + K;
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) {
+            even[k] = e0 * vm[k] + e1 * v0[k];
+            oddp[k] = o0 * v0[k] + o1 * vp[k];
+        }
+    }
+}
+
+// Columns [k0, k0 + 16 NV) of R (<= kRows) output pixels: acc = b + x[r] @ Wn, clamped (counting
+// the elements clamped), plus the skip's values, stored to y. x rows are C floats apart, Wn
+// rows and y and skip rows K.
+template <int64_t NV>
+int64_t pixel_block(const float* __restrict x, int64_t R, int64_t C, const float* __restrict wn,
+                    const float* __restrict bias, const float* __restrict skip, float clamp, int64_t K,
+                    float* __restrict y) {
+#if defined(__AVX512F__)
+    __m512 acc[kRows][NV];
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < kRows; ++r)
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_loadu_ps(bias + v * kLanes);
+    if (R == kRows) {
+        for (int64_t c = 0; c < C; ++c) {
+            __m512 wv[NV];
+#pragma GCC unroll 6
+            for (int64_t v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wn + c * K + v * kLanes);
+#pragma GCC unroll 4
+            for (int64_t r = 0; r < kRows; ++r) {
+                const __m512 xv = _mm512_set1_ps(x[r * C + c]);
+#pragma GCC unroll 6
+                for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xv, wv[v], acc[r][v]);
+            }
+        }
+    } else {
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t r = 0; r < R; ++r) {
+                const __m512 xv = _mm512_set1_ps(x[r * C + c]);
+                for (int64_t v = 0; v < NV; ++v)
+                    acc[r][v] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(wn + c * K + v * kLanes), acc[r][v]);
+            }
+    }
+    int64_t clamped = 0;
+    const __m512 hi = _mm512_set1_ps(clamp), lo = _mm512_set1_ps(-clamp);
+    const bool stream = (reinterpret_cast<uintptr_t>(y) % 64 == 0) && (K % kLanes == 0);
+    for (int64_t r = 0; r < R; ++r)
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) {
+            __m512 a = acc[r][v];
+            if (clamp >= 0.f) {
+                const __mmask16 out_of_range = _mm512_cmp_ps_mask(a, hi, _CMP_GT_OQ) | _mm512_cmp_ps_mask(a, lo, _CMP_LT_OQ);
+                clamped += __builtin_popcount(out_of_range);
+                a = _mm512_min_ps(_mm512_max_ps(a, lo), hi);
+            }
+            if (skip) a = _mm512_add_ps(a, _mm512_loadu_ps(skip + r * K + v * kLanes));
+            if (stream) _mm512_stream_ps(y + r * K + v * kLanes, a);
+            else _mm512_storeu_ps(y + r * K + v * kLanes, a);
+        }
+    return clamped;
+#else
+    constexpr int64_t W = NV * kLanes;
+    alignas(64) float acc[kRows][W];
+    for (int64_t r = 0; r < kRows; ++r)
+#pragma omp simd
+        for (int64_t k = 0; k < W; ++k) acc[r][k] = bias[k];
+    for (int64_t c = 0; c < C; ++c) {
+        const float* __restrict wr = wn + c * K;
+#pragma GCC unroll 4
+        for (int64_t r = 0; r < kRows; ++r) {
+            const float xv = r < R ? x[r * C + c] : 0.f;
+#pragma omp simd
+            for (int64_t k = 0; k < W; ++k) acc[r][k] += xv * wr[k];
+        }
+    }
+    int64_t clamped = 0;
+    for (int64_t r = 0; r < R; ++r) {
+        float* __restrict out = y + r * K;
+        const float* __restrict add = skip ? skip + r * K : nullptr;
+        if (clamp >= 0.f) {
+#pragma omp simd reduction(+ : clamped)
+            for (int64_t k = 0; k < W; ++k) {
+                const float a = acc[r][k];
+                clamped += (a > clamp) + (a < -clamp);
+                acc[r][k] = std::min(std::max(a, -clamp), clamp);
+            }
+        }
+        if (add) {
+#pragma omp simd
+            for (int64_t k = 0; k < W; ++k) out[k] = acc[r][k] + add[k];
+        } else {
+#pragma omp simd
+            for (int64_t k = 0; k < W; ++k) out[k] = acc[r][k];
+        }
+    }
+    return clamped;
+#endif
+}
+
+// One row of W output pixels, all K channels (in register blocks of up to 96).
+int64_t output_row(const float* x, int64_t W, int64_t C, const float* wn, const float* bias, const float* skip,
+                   float clamp, int64_t K, float* y) {
+    int64_t clamped = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += kMaxVectors * kLanes) {
+        const int64_t nv = std::min(kMaxVectors, (K - k0) / kLanes);
+        for (int64_t x0 = 0; x0 < W; x0 += kRows) {
+            const int64_t R = std::min(kRows, W - x0);
+            const float* xs = x + x0 * C;
+            const float* ss = skip ? skip + x0 * K + k0 : nullptr;
+            float* ys = y + x0 * K + k0;
+            switch (nv) {
+                case 1: clamped += pixel_block<1>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
+                case 2: clamped += pixel_block<2>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
+                case 3: clamped += pixel_block<3>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
+                case 4: clamped += pixel_block<4>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
+                case 5: clamped += pixel_block<5>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
+                default: clamped += pixel_block<6>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
+            }
+        }
+    }
+    return clamped;
+}
+
+}  // namespace
+
+// x [N,C,H,W], weight [K,C], styles [N,C], bias [K]; skip empty, [N,K,H,W] or (with taps)
+// [N,K,H/2,W/2]; clamp < 0 for none. Returns (y [N,K,H,W] channels-last, elements clamped).
+std::tuple<at::Tensor, int64_t> torgb_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& styles,
+                                              const at::Tensor& bias, const at::Tensor& skip, const at::Tensor& taps,
+                                              double clamp) {
+    check_channels_last(x, "x");
+    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    TORCH_CHECK(weight.dim() == 2 && weight.size(1) == C && weight.scalar_type() == at::kFloat,
+                "torgb_cpu: weight must be float32 [K, ", C, "], got ", weight.sizes());
+    const int64_t K = weight.size(0);
+    TORCH_CHECK(K > 0 && K % kLanes == 0, "torgb_cpu: output channels must be a multiple of ", kLanes, ", got ", K);
+    TORCH_CHECK(styles.sizes() == at::IntArrayRef({N, C}) && styles.scalar_type() == at::kFloat,
+                "torgb_cpu: styles must be float32 [", N, ", ", C, "], got ", styles.sizes());
+    TORCH_CHECK(bias.numel() == K && bias.scalar_type() == at::kFloat, "torgb_cpu: bias must be float32 [", K, "]");
+    const bool has_skip = skip.numel() > 0, up = taps.numel() > 0;
+    if (has_skip) {
+        check_channels_last(skip, "skip");
+        const int64_t f = up ? 2 : 1;
+        TORCH_CHECK(skip.size(0) == N && skip.size(1) == K && skip.size(2) * f == H && skip.size(3) * f == W,
+                    "torgb_cpu: skip must be [", N, ", ", K, ", ", H / f, ", ", W / f, "], got ", skip.sizes());
+    }
+    const Taps t = up ? taps_of(taps) : Taps{0, 0, 0, 0};
+    // Wn[n][c][k] = W[k][c] * s[n][c]: the modulation folded into a per-sample weight.
+    const auto wc = weight.contiguous();
+    const auto sc = styles.contiguous();
+    const auto bc = bias.contiguous();
+    std::vector<float> wn(static_cast<size_t>(N * C * K));
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t k = 0; k < K; ++k)
+                wn[(n * C + c) * K + k] = wc.data_ptr<float>()[k * C + c] * sc.data_ptr<float>()[n * C + c];
+    auto y = at::empty({N, K, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    const float* xp = x.data_ptr<float>();
+    const float* bp = bc.data_ptr<float>();
+    const float* sp = has_skip ? skip.data_ptr<float>() : nullptr;
+    float* yp = y.data_ptr<float>();
+    const float cl = static_cast<float>(clamp);
+    const int64_t Hs = has_skip ? skip.size(2) : 0, Ws = has_skip ? skip.size(3) : 0;
+    std::atomic<int64_t> clamped{0};
+    at::parallel_for(0, N * H, 1, [&](int64_t r0, int64_t r1) {
+        std::vector<float> v(up ? static_cast<size_t>((Ws + 2) * K) : 0), row(up ? static_cast<size_t>(W * K) : 0);
+        int64_t count = 0;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t n = r / H, Y = r % H;
+            const float* skip_row = nullptr;
+            if (up) {
+                upsampled_row(sp + n * Hs * Ws * K, Hs, Ws, K, Y, t, v.data(), row.data());
+                skip_row = row.data();
+            } else if (has_skip) {
+                skip_row = sp + (n * H + Y) * W * K;
+            }
+            count += output_row(xp + (n * H + Y) * W * C, W, C, wn.data() + n * C * K, bp, skip_row, cl, K,
+                                yp + (n * H + Y) * W * K);
+        }
+        clamped += count;
+#if defined(__AVX512F__)
+        _mm_sfence();  // the streaming stores of pixel_block are visible before the op returns
+#endif
+    });
+    return {y, clamped.load()};
+}
+
+// g [N,K,2Hs,2Ws] channels-last -> (the skip's gradient [N,K,Hs,Ws] channels-last, sum of g over
+// N, H, W [K]): the adjoint of upsampled_row. Skip row i feeds output rows 2i-1 (o1), 2i (e1),
+// 2i+1 (o0) and 2i+2 (e0); columns likewise.
+std::tuple<at::Tensor, at::Tensor> torgb_skip_backward(const at::Tensor& g, const at::Tensor& taps) {
+    check_channels_last(g, "grad");
+    const int64_t N = g.size(0), K = g.size(1), H = g.size(2), W = g.size(3);
+    TORCH_CHECK(H % 2 == 0 && W % 2 == 0, "torgb_cpu: grad must have even height and width, got ", g.sizes());
+    const int64_t Hs = H / 2, Ws = W / 2;
+    const Taps t = taps_of(taps);
+    auto ds = at::empty({N, K, Hs, Ws}, g.options().memory_format(at::MemoryFormat::ChannelsLast));
+    std::vector<float> partial(static_cast<size_t>(N * Hs * K));
+    const float* gp = g.data_ptr<float>();
+    float* dp = ds.data_ptr<float>();
+    at::parallel_for(0, N * Hs, 1, [&](int64_t r0, int64_t r1) {
+        std::vector<float> col(static_cast<size_t>((W + 2) * K));
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t n = r / Hs, i = r % Hs;
+            const float* gn = gp + n * H * W * K;
+            // Vertical adjoint into col[1 .. W] (col[0] and col[W+1] are the zero columns -1 and W).
+            const int64_t rows[4] = {2 * i - 1, 2 * i, 2 * i + 1, 2 * i + 2};
+            const float wts[4] = {t.o1, t.e1, t.o0, t.e0};
+            float* __restrict cc = col.data() + K;
+            std::fill(col.begin(), col.begin() + K, 0.f);
+            std::fill(col.end() - K, col.end(), 0.f);
+            std::fill(cc, cc + W * K, 0.f);
+            for (int q = 0; q < 4; ++q) {
+                if (rows[q] < 0 || rows[q] >= H) continue;
+                const float w = wts[q];
+                const float* __restrict src = gn + rows[q] * W * K;
+#pragma omp simd
+                for (int64_t e = 0; e < W * K; ++e) cc[e] += w * src[e];
+            }
+            // The bias' partial: output rows 2i and 2i+1 (each output row in exactly one partial).
+            float* __restrict part = partial.data() + r * K;
+            std::fill(part, part + K, 0.f);
+            for (int64_t Y = 2 * i; Y <= 2 * i + 1; ++Y)
+                for (int64_t X = 0; X < W; ++X) {
+                    const float* __restrict src = gn + (Y * W + X) * K;
+#pragma omp simd
+                    for (int64_t k = 0; k < K; ++k) part[k] += src[k];
+                }
+            // Horizontal adjoint: skip column j gets e1 col[2j] + e0 col[2j+2] + o0 col[2j+1] + o1 col[2j-1].
+            float* __restrict out = dp + (n * Hs + i) * Ws * K;
+            for (int64_t j = 0; j < Ws; ++j) {
+                const float* __restrict cm = cc + (2 * j - 1) * K;
+                const float* __restrict c0 = cc + 2 * j * K;
+                const float* __restrict c1 = cc + (2 * j + 1) * K;
+                const float* __restrict c2 = cc + (2 * j + 2) * K;
+                float* __restrict o = out + j * K;
+#pragma omp simd
+                for (int64_t k = 0; k < K; ++k) o[k] = t.o1 * cm[k] + t.e1 * c0[k] + t.o0 * c1[k] + t.e0 * c2[k];
+            }
+        }
+    });
+    auto db = at::empty({K}, g.options());
+    float* bp = db.data_ptr<float>();
+    std::fill(bp, bp + K, 0.f);
+    for (int64_t r = 0; r < N * Hs; ++r)
+        for (int64_t k = 0; k < K; ++k) bp[k] += partial[r * K + k];
+    return {ds, db};
+}
+
+TORCH_LIBRARY_FRAGMENT(triplane3d_cpu, m) {
+    m.def("torgb_forward", &torgb_forward);              // y = clamp(conv1x1(x * s, W) + b) + up(skip) (CPU)
+    m.def("torgb_skip_backward", &torgb_skip_backward);  // the skip's and the bias' gradients of torgb_forward (CPU)
+}
