@@ -10,6 +10,7 @@
     python bench/step.py --cfg eg3d-small --device cpu --compare-precision --fp16-res 4 --malloc tuned
     python bench/step.py --cfg eg3d-small --device cpu --compare-kernels --malloc tuned   # kernels x reuse
     python bench/step.py --cfg eg3d-small --device cpu --compare-winograd --malloc tuned  # Winograd x reuse
+    python bench/step.py --cfg eg3d-small --device cpu --compare-torgb --malloc tuned  # one-pass ToRGB x reuse
     python bench/step.py --cfg demo --resolution 64 --classes 4 --device cpu --compare --malloc tuned
 
 The networks are built from the config's `G:` and `D:` sections with `c_dim = --classes` and
@@ -46,11 +47,14 @@ What is timed (medians over --repeats after --warmup untimed runs):
   with each one's speed-up over NCHW + regenerated (the code before either change).
 * --compare-kernels (CPU): the same for {PyTorch ops, compiled CPU kernels} x {regenerated,
   reused}: the kernels of torch_utils/ops/cpu_kernels.py (tri-plane sampler, modulation,
-  bias_act, Winograd convolutions) against the PyTorch paths they replace.
+  bias_act, Winograd convolutions, one-pass ToRGB) against the PyTorch paths they replace.
 * --compare-winograd (CPU): the same for {direct, Winograd} x {regenerated, reused}: the
   stride-1 3x3 convolutions (forward, input and weight gradients) by oneDNN's direct
   algorithm or by torch_utils/ops/winograd.py's F(4x4, 3x3) kernel (where `usable`), all
   other kernels on. `bench/winograd.py` has the same shape by shape.
+* --compare-torgb (CPU): the same for {unfused, one-pass} x {regenerated, reused}: ToRGB of the
+  tri-plane skip images as upsample2d, scale, 1x1 conv and epilogue passes, or as
+  torch_utils/ops/torgb.py's one-pass kernel (where `kernel_applies`), all other kernels on.
 * --cpu-bf16 (CPU): the blocks flagged for reduced precision (the config's `num_fp16_res`
   highest resolutions of backbone, super-resolution and D; `--fp16-res N` sets all three)
   compute in bfloat16 (torch_utils/precision.py), as they compute in fp16 on CUDA.
@@ -92,7 +96,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch_utils import precision  # noqa: E402
 from torch_utils.misc import cpu_channels_last, tune_cpu_allocator  # noqa: E402
-from torch_utils.ops import cpu_kernels, winograd  # noqa: E402
+from torch_utils.ops import cpu_kernels, torgb, winograd  # noqa: E402
 from torch_utils.ops.cpu_kernels import kernels_enabled  # noqa: E402
 from training.discriminator import Discriminator  # noqa: E402
 from training.options import load_config, to_plain  # noqa: E402
@@ -315,13 +319,14 @@ def compare_kernels(G, D, inputs, batch: int, repeats: int, warmup: int) -> None
     _interleave(G, D, inputs, batch, repeats, warmup, variants)
 
 
-def compare_winograd(G, D, inputs, batch: int, repeats: int, warmup: int) -> None:
-    """Interleaved G+D steps of {direct, Winograd stride-1 3x3 convolutions} x {regenerated, reused fakes} (CPU)."""
+def compare_switch(G, D, inputs, batch: int, repeats: int, warmup: int, switch: Callable[[bool], ContextManager],
+                   names: Tuple[str, str], flag: str) -> None:
+    """Interleaved G+D steps of {switch off, on} x {regenerated, reused fakes} (CPU), all other kernels on."""
     if cpu_kernels.plugin.get() is None:
-        print(f"  --compare-winograd: the CPU kernels are not available ({cpu_kernels.plugin.failed_reason})")
+        print(f"  {flag}: the CPU kernels are not available ({cpu_kernels.plugin.failed_reason})")
         return
-    variants = {f"{'Winograd' if on else 'direct'} convs, fakes {'reused' if reuse else 'regenerated'}":
-                (functools.partial(winograd.enabled, on), reuse) for on in (False, True) for reuse in (False, True)}
+    variants = {f"{names[on]}, fakes {'reused' if reuse else 'regenerated'}": (functools.partial(switch, on), reuse)
+                for on in (False, True) for reuse in (False, True)}
     _interleave(G, D, inputs, batch, repeats, warmup, variants)
 
 
@@ -349,9 +354,10 @@ def _bench_device(args, device: torch.device) -> None:
     print(f"[{device}] cfg {args.cfg}: batch {batch}, img {G.img_res}, neural {G.neural_res}, "
           f"tri-plane {G.triplane_res}x{G.triplane_channels}, samples {G.renderer.num_coarse}+{G.renderer.num_fine}, "
           f"G {n_g / 1e6:.2f}M params, D {n_d / 1e6:.2f}M params, classes {args.classes}", flush=True)
-    if args.compare or args.compare_kernels or args.compare_precision or args.compare_winograd:
+    if args.compare or args.compare_kernels or args.compare_precision or args.compare_winograd or args.compare_torgb:
         if device.type != "cpu":
-            print("  --compare / --compare-kernels / --compare-precision / --compare-winograd: CPU only")
+            print("  --compare / --compare-kernels / --compare-precision / --compare-winograd / --compare-torgb: "
+                  "CPU only")
             return
         if args.compare_precision:
             compare_precision(G, D, inputs, batch, args.repeats, args.warmup)
@@ -360,7 +366,11 @@ def _bench_device(args, device: torch.device) -> None:
         if args.compare_kernels:
             compare_kernels(G, D, inputs, batch, args.repeats, args.warmup)
         if args.compare_winograd:
-            compare_winograd(G, D, inputs, batch, args.repeats, args.warmup)
+            compare_switch(G, D, inputs, batch, args.repeats, args.warmup, winograd.enabled,
+                           ("direct convs", "Winograd convs"), "--compare-winograd")
+        if args.compare_torgb:
+            compare_switch(G, D, inputs, batch, args.repeats, args.warmup, torgb.enabled,
+                           ("unfused ToRGB", "one-pass ToRGB"), "--compare-torgb")
         return
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -409,6 +419,8 @@ def main() -> None:
                         help="interleave PyTorch ops / compiled CPU kernels x regenerated / reused fakes (CPU)")
     parser.add_argument("--compare-winograd", action="store_true",
                         help="interleave direct / Winograd stride-1 3x3 convs x regenerated / reused fakes (CPU)")
+    parser.add_argument("--compare-torgb", action="store_true",
+                        help="interleave unfused / one-pass ToRGB x regenerated / reused fakes (CPU)")
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="CPU: the config's reduced-precision blocks compute in bfloat16 (see above)")
     parser.add_argument("--fp16-res", type=int, default=None, metavar="N",

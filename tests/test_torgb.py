@@ -114,6 +114,9 @@ def test_kernel_applies_only_where_it_can(cpu_kernels_module):
     assert not torgb.kernel_applies(x, weight, styles, bias, skip, upfirdn2d.setup_filter([1, 2, 1]))
     with cpu_kernels.kernels_enabled(False):
         assert not torgb.kernel_applies(x, weight, styles, bias, skip, f)
+    with torgb.enabled(False):
+        assert not torgb.kernel_applies(x, weight, styles, bias, skip, f)
+    assert torgb.kernel_applies(x, weight, styles, bias, skip, f)
 
 
 def test_bad_input_is_named(cpu_kernels_module):

@@ -28,18 +28,34 @@ backward through ToRGB; nothing in training needs one, as with `modulate.skip_ep
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import ContextManager, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from torch_utils import misc
 from torch_utils.ops import conv2d_gradfix, cpu_kernels, upfirdn2d
 
-__all__ = ["modulated_torgb", "modulated_torgb_ref", "kernel_applies"]
+__all__ = ["modulated_torgb", "modulated_torgb_ref", "kernel_applies", "state", "enabled"]
 
 _plugin = cpu_kernels.plugin
 _LANES = 16  # the kernel's output channels come in vectors of 16
+
+
+class _TorgbState:
+    """The switch of this module (one object instead of a loose module global)."""
+
+    def __init__(self) -> None:
+        self.enabled: bool = True  # False: the networks take the unfused path (`bench/step.py --compare-torgb`)
+
+
+state = _TorgbState()
+
+
+def enabled(flag: bool) -> ContextManager[None]:
+    """Within the block, `kernel_applies` answers False when ``flag`` is False (the unfused path runs)."""
+    return misc.attribute_set(state, "enabled", bool(flag))
 
 
 def modulated_torgb_ref(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
@@ -90,7 +106,7 @@ def _skip_taps(skip_filter: torch.Tensor) -> Optional[Tuple[float, float, float,
 def kernel_applies(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
                    skip: Optional[torch.Tensor] = None, skip_filter: Optional[torch.Tensor] = None) -> bool:
     """Whether `modulated_torgb` runs these arguments through the CPU kernel (see the module docstring)."""
-    if _plugin.get() is None:
+    if not state.enabled or _plugin.get() is None:
         return False
     tensors = [x, weight, styles, bias] + ([] if skip is None else [skip])
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
