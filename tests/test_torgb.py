@@ -57,13 +57,18 @@ def _inputs(n, c, k, h, w, skip_mode, seed=0):
 
 
 # (N, C, K, H, W, skip, filter, clamp): widths that leave a partial 4-pixel block, 16 to 112
-# output channels (112: a full 96-channel register block and a 16-channel one), a filter that
-# is not symmetric (catches flipped taps), and clamps that cut a third of the outputs or none.
+# channels (112: a full 96-channel register block and a 16-channel one), a filter that is not
+# symmetric (catches flipped taps), clamps that cut a third of the outputs or none, heights
+# beyond one 16-row group of the weight gradient's partial sums. x channels that are multiples
+# of 16 take the one-pass backward, the others the matmul one.
 CASES = [
-    (2, 20, 48, 10, 14, "up", [1, 3, 3, 1], None),
-    (2, 7, 16, 6, 10, "up", [1, 2, 5, 3], 0.5),
-    (1, 33, 112, 8, 6, "up", [1, 3, 3, 1], 1e4),
+    (2, 32, 48, 10, 14, "up", [1, 3, 3, 1], None),
+    (2, 16, 16, 6, 10, "up", [1, 2, 5, 3], 0.5),
+    (2, 112, 112, 34, 6, "up", [1, 3, 3, 1], 0.5),
     (3, 16, 32, 5, 9, "same", None, 0.5),
+    (2, 48, 96, 4, 7, None, None, None),
+    (1, 33, 112, 8, 6, "up", [1, 3, 3, 1], 1e4),
+    (1, 20, 48, 6, 6, "up", [1, 2, 5, 3], 0.5),
     (2, 24, 96, 4, 7, None, None, None),
 ]
 
@@ -73,6 +78,9 @@ def test_kernel_matches_float64_reference_with_every_gradient(cpu_kernels_module
                                                               skip_mode, filt, clamp):
     calls = _count_kernel_calls(monkeypatch)
     x, weight, styles, bias, skip = _inputs(n, c, k, h, w, skip_mode)
+    matmul_backward = torgb._backward_with_matmuls
+    monkeypatch.setattr(torgb, "_backward_with_matmuls",
+                        lambda *a: calls.__setitem__("matmuls", calls.get("matmuls", 0) + 1) or matmul_backward(*a))
     f = upfirdn2d.setup_filter(filt) if filt is not None else None
     leaves = [t for t in (x, weight, styles, bias, skip) if t is not None]
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
@@ -91,6 +99,7 @@ def test_kernel_matches_float64_reference_with_every_gradient(cpu_kernels_module
     assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
     _close(out, ref)
     grads = torch.autograd.grad(out, leaves, grad.float())
+    assert calls.get("matmuls", 0) == (0 if c % 16 == 0 else 1)
     for name, g, g_ref in zip(["x", "weight", "styles", "bias", "skip"], grads, ref_grads):
         assert g.shape == g_ref.shape, name
         _close(g, g_ref, rel=5e-5)
@@ -192,27 +201,40 @@ cpp_extension.load(name="torgb_portable", sources=[source], build_directory=buil
 ops = torch.ops.triplane3d_cpu
 torch.manual_seed(0)
 cl = torch.channels_last
-x = torch.randn(2, 24, 10, 14, dtype=torch.float64)
-w, s, b = torch.randn(112, 24, dtype=torch.float64), torch.randn(2, 24, dtype=torch.float64), torch.randn(112, dtype=torch.float64)
-skip = torch.randn(2, 112, 5, 7, dtype=torch.float64)
+f64 = dict(dtype=torch.float64)
+x = torch.randn(2, 32, 10, 14, **f64)
+w, s, b = torch.randn(112, 32, **f64) / 6, torch.randn(2, 32, **f64), torch.randn(112, **f64)
+skip = torch.randn(2, 112, 5, 7, **f64).requires_grad_()
 taps = torch.tensor([0.25, 0.75, 0.75, 0.25])
-y, clamped = ops.torgb_forward(x.float().contiguous(memory_format=cl), w.float(), s.float(), b.float(),
-                               skip.float().contiguous(memory_format=cl), taps, 3.0)
-f = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=torch.float64)
-up = torch.zeros(2, 112, 10, 14, dtype=torch.float64)
-# upsample: even 2i <- 1/4 s[i-1] + 3/4 s[i]; odd 2i+1 <- 3/4 s[i] + 1/4 s[i+1], per axis
-def up1(t, dim):
+
+
+def up1(t, dim):  # even 2i <- s[i-1] / 4 + 3 s[i] / 4; odd 2i+1 <- 3 s[i] / 4 + s[i+1] / 4
     n = t.shape[dim]
     pad = torch.nn.functional.pad(t.movedim(dim, -1), (1, 1)).movedim(-1, dim)
-    sl = lambda a, b: pad.narrow(dim, a, b)
-    even = 0.25 * sl(0, n) + 0.75 * sl(1, n)
-    odd = 0.75 * sl(1, n) + 0.25 * sl(2, n)
+    even = 0.25 * pad.narrow(dim, 0, n) + 0.75 * pad.narrow(dim, 1, n)
+    odd = 0.75 * pad.narrow(dim, 1, n) + 0.25 * pad.narrow(dim, 2, n)
     return torch.stack([even, odd], dim=dim + 1).flatten(dim, dim + 1)
+
+
+def check(out, expected, tol):
+    err = (out.double() - expected).abs().max().item() / expected.abs().max().item()
+    assert err < tol, err
+
+
 pre = torch.einsum("nchw,kc,nc->nkhw", x, w, s) + b[None, :, None, None]
-ref = pre.clamp(-3, 3) + up1(up1(skip, 2), 3)
-err = (y.double() - ref).abs().max().item() / ref.abs().max().item()
-assert err < 2e-6, err
+up = up1(up1(skip, 2), 3)
+y, clamped = ops.torgb_forward(x.float().contiguous(memory_format=cl), w.float(), s.float(), b.float(),
+                               skip.detach().float().contiguous(memory_format=cl), taps, 3.0)
+check(y, pre.clamp(-3, 3) + up, 2e-6)
 assert clamped == int((pre.abs() > 3).sum()), (clamped, int((pre.abs() > 3).sum()))
+g = torch.randn_like(pre)
+dx, dwn, db, dskip = ops.torgb_backward(g.float().contiguous(memory_format=cl), x.float().contiguous(memory_format=cl),
+                                         w.float(), s.float(), b.float(), taps, 3.0)
+gm = g * (pre.abs() <= 3)
+check(dx, torch.einsum("nkhw,kc,nc->nchw", gm, w, s), 2e-6)
+check(dwn, torch.einsum("nchw,nkhw->nck", x, gm), 2e-6)
+check(db, gm.sum(dim=[0, 2, 3]), 2e-6)
+check(dskip, torch.autograd.grad(up, skip, g)[0], 2e-6)
 print("ok")
 """
 

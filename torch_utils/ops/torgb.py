@@ -16,13 +16,16 @@ output channels a multiple of 16 (tri-plane channels; an RGB ToRGB keeps the pla
 channels-last skip image and a separable 4-tap filter (StyleGAN2's [1, 3, 3, 1]). Elsewhere,
 and with ``impl='ref'``, the same function runs as plain torch ops (`modulated_torgb_ref`).
 
-Gradients: the skip's (the adjoint of the upsampling) and the bias' come from one more kernel
-pass over the output gradient; x's, the weight's and the styles' from two batched matrix
-products with the per-sample weight W * s. Clamped elements get no gradient through the
-convolution, as with torch.clamp; the forward counts them, and only when there are any (the
-clamp is a safety bound that trained networks rarely reach) the backward recomputes the
-convolution's output to mask them. The backward is not differentiable again (no double
-backward through ToRGB; nothing in training needs one, as with `modulate.skip_epilogue`).
+Gradients: one more kernel pass over the output gradient computes all of them: x's (the
+product with the per-sample weight W * s), that weight's (summed over pixels in fixed groups of
+rows, so bitwise the same for any thread count; the weight's and the styles' follow from it),
+the bias', and the skip's (the adjoint of the upsampling). Where x's channels are not a
+multiple of 16, x's and the weight's come from two batched matmuls instead. Clamped elements
+get no gradient through the convolution, as with torch.clamp; the forward counts them, and
+only when there are any (the clamp is a safety bound that trained networks rarely reach) does
+the backward recompute the convolution's output to mask them. The backward is not
+differentiable again (no double backward through ToRGB; nothing in training needs one, as
+with `modulate.skip_epilogue`).
 """
 
 from __future__ import annotations
@@ -174,33 +177,45 @@ class _TorgbCpu(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         x, weight, styles, bias, taps_t = ctx.saved_tensors
         g = grad.contiguous(memory_format=torch.channels_last)
-        n, c, h, w = x.shape
-        k = weight.shape[0]
-        dskip = db = None
-        if ctx.has_skip and taps_t.numel():
-            dskip, db = ctx.module.torgb_skip_backward(g, taps_t)
-        elif ctx.has_skip:
-            dskip = g
-        g3 = g.permute(0, 2, 3, 1).reshape(n, h * w, k)  # a view: g is channels-last
-        x3 = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        k, c = weight.shape[0], x.shape[1]
         w2 = weight.reshape(k, c)
-        if ctx.clamped:  # mask the elements the clamp cut (their gradient stops before the conv)
-            pre = torch.baddbmm(bias.view(1, 1, k), x3, (w2.t()[None] * styles[:, :, None]))
-            g3 = g3 * (pre.abs() <= ctx.clamp).to(g3.dtype)
-            db = None
-        if db is None:
-            db = g3.sum(dim=[0, 1])
-        wn = w2.t()[None] * styles[:, :, None]  # [N,C,K]: the per-sample weight
-        dx = torch.bmm(g3, wn.transpose(1, 2)).view(n, h, w, c).permute(0, 3, 1, 2) \
-            if ctx.needs_input_grad[0] else None
+        mask_clamp = ctx.clamp if ctx.clamped else -1.0
+        if c % _LANES == 0:  # one pass over g for everything
+            dx, dwn, db, dskip = ctx.module.torgb_backward(g, x, w2, styles, bias, taps_t, mask_clamp)
+        else:
+            dx, dwn, db, dskip = _backward_with_matmuls(ctx.module, g, x, w2, styles, bias, taps_t, mask_clamp)
+        if not ctx.has_skip:
+            dskip = None
+        elif not taps_t.numel():
+            dskip = g  # a same-size skip image is added as it is
         dweight = dstyles = None
-        want_weight = ctx.needs_input_grad[1] and not conv2d_gradfix.state.weight_gradients_disabled
-        if want_weight or ctx.needs_input_grad[2]:
-            dwn = torch.bmm(x3.transpose(1, 2), g3)  # [N,C,K]
-            if want_weight:
-                dweight = (dwn * styles[:, :, None]).sum(dim=0).t().reshape(weight.shape).to(
-                    memory_format=torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last)
-                    and not weight.is_contiguous() else torch.contiguous_format)
-            if ctx.needs_input_grad[2]:
-                dstyles = (dwn * w2.t()[None]).sum(dim=2)
+        if ctx.needs_input_grad[1] and not conv2d_gradfix.state.weight_gradients_disabled:
+            layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) \
+                and not weight.is_contiguous() else torch.contiguous_format
+            dweight = (dwn * styles[:, :, None]).sum(dim=0).t().reshape(weight.shape).to(memory_format=layout)
+        if ctx.needs_input_grad[2]:
+            dstyles = (dwn * w2.t()[None]).sum(dim=2)
         return dx, dweight, dstyles, db, dskip, None, None
+
+
+def _backward_with_matmuls(module, g: torch.Tensor, x: torch.Tensor, w2: torch.Tensor, styles: torch.Tensor,
+                           bias: torch.Tensor, taps_t: torch.Tensor, mask_clamp: float):
+    """torgb_backward's results for any channel count: the skip's and bias' gradients from one
+    kernel pass, x's and the per-sample weight's from two batched matmuls with W * s."""
+    n, c, h, w = x.shape
+    k = w2.shape[0]
+    dskip = db = None
+    if taps_t.numel():
+        dskip, db = module.torgb_skip_backward(g, taps_t)
+    g3 = g.permute(0, 2, 3, 1).reshape(n, h * w, k)  # a view: g is channels-last
+    x3 = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    wn = w2.t()[None] * styles[:, :, None]  # [N,C,K]: the per-sample weight
+    if mask_clamp >= 0:  # mask the elements the clamp cut (their gradient stops before the conv)
+        pre = torch.baddbmm(bias.view(1, 1, k), x3, wn)
+        g3 = g3 * (pre.abs() <= mask_clamp).to(g3.dtype)
+        db = None
+    if db is None:
+        db = g3.sum(dim=[0, 1])
+    dx = torch.bmm(g3, wn.transpose(1, 2)).view(n, h, w, c).permute(0, 3, 1, 2)
+    dwn = torch.bmm(x3.transpose(1, 2), g3)
+    return dx, dwn, db, dskip

@@ -12,8 +12,11 @@
 //
 //   torgb_forward        y and the number of clamped elements (the backward needs no mask
 //                        when it is 0, which it nearly always is: clamp is a safety bound)
-//   torgb_skip_backward  from g = dL/dy: the skip's gradient (the adjoint of the 2x
-//                        upsampling) and the bias' gradient sum_{n,p} g, in one pass over g
+//   torgb_backward       from g = dL/dy, in one pass over g: x's gradient (g @ Wn^T), Wn's
+//                        (x^T @ g per sample), the bias' (sum of g) and the skip's (the
+//                        adjoint of the 2x upsampling); x's channels a multiple of 16
+//   torgb_skip_backward  the skip's and the bias' gradients alone (for other channel counts,
+//                        where torgb.py computes the rest with batched matmuls)
 //
 // The 2x upsampling is upfirdn2d.upsample2d with a separable 4-tap filter, given as the taps
 // (e0, e1, o0, o1): an even output 2i is e0 * s[i-1] + e1 * s[i], an odd one 2i+1 is
@@ -21,18 +24,21 @@
 //
 // All tensors are float32; x, skip, y and g are channels-last ([N,H,W,C] in memory), the
 // layout of the networks' activations on a CPU. Rows of y are independent tasks, and the
-// bias' sum adds per-row partials in row order, so results are bitwise the same for any
-// thread count.
+// sums over pixels (the bias' and Wn's gradients) add per-row or per-group partials in a fixed
+// order, so results are bitwise the same for any thread count.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -63,6 +69,19 @@ Taps taps_of(const at::Tensor& taps) {
     return {p[0], p[1], p[2], p[3]};
 }
 
+// fn(std::integral_constant<int64_t, nv>{}) for nv in 1..kMaxVectors: the register blocks' widths.
+template <typename Fn>
+inline auto with_vectors(int64_t nv, Fn&& fn) {
+    switch (nv) {
+        case 1: return fn(std::integral_constant<int64_t, 1>{});
+        case 2: return fn(std::integral_constant<int64_t, 2>{});
+        case 3: return fn(std::integral_constant<int64_t, 3>{});
+        case 4: return fn(std::integral_constant<int64_t, 4>{});
+        case 5: return fn(std::integral_constant<int64_t, 5>{});
+        default: return fn(std::integral_constant<int64_t, 6>{});
+    }
+}
+
 void check_channels_last(const at::Tensor& t, const char* what) {
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "torgb_cpu: ", what,
                 " must be a float32 CPU tensor");
@@ -76,16 +95,22 @@ void upsampled_row(const float* skip, int64_t Hs, int64_t Ws, int64_t K, int64_t
                    float* row) {
     const int64_t i = Y / 2;
     const bool odd = Y % 2;
-    const int64_t ya = odd ? i : i - 1, yb = odd ? i + 1 : i;
-    const float wa = (ya >= 0 && ya < Hs) ? (odd ? t.o0 : t.e0) : 0.f;
-    const float wb = (yb >= 0 && yb < Hs) ? (odd ? t.o1 : t.e1) : 0.f;
-    const float* __restrict sa = skip + std::clamp<int64_t>(ya, 0, Hs - 1) * Ws * K;
-    const float* __restrict sb = skip + std::clamp<int64_t>(yb, 0, Hs - 1) * Ws * K;
+    const int64_t ya = odd ? i : i - 1, yb = odd ? i + 1 : i;  // i itself is always inside
+    const float wa = odd ? t.o0 : t.e0, wb = odd ? t.o1 : t.e1;
     std::fill(v, v + K, 0.f);                           // column -1
     std::fill(v + (Ws + 1) * K, v + (Ws + 2) * K, 0.f);  // column Ws
     float* __restrict vc = v + K;
+    if (ya >= 0 && yb < Hs) {
+        const float* __restrict sa = skip + ya * Ws * K;
+        const float* __restrict sb = skip + yb * Ws * K;
 #pragma omp simd
-    for (int64_t e = 0; e < Ws * K; ++e) vc[e] = wa * sa[e] + wb * sb[e];
+        for (int64_t e = 0; e < Ws * K; ++e) vc[e] = wa * sa[e] + wb * sb[e];
+    } else {  // the other row lies in the zero padding (skipped, not multiplied: 0 * inf is NaN)
+        const float* __restrict si = skip + i * Ws * K;
+        const float wi = ya < 0 ? wb : wa;
+#pragma omp simd
+        for (int64_t e = 0; e < Ws * K; ++e) vc[e] = wi * si[e];
+    }
     const float e0 = t.e0, e1 = t.e1, o0 = t.o0, o1 = t.o1;
     for (int64_t j = 0; j < Ws; ++j) {
         const float* __restrict vm = vc + (j - 1) * K;
@@ -103,11 +128,12 @@ void upsampled_row(const float* skip, int64_t Hs, int64_t Ws, int64_t K, int64_t
 
 // Columns [k0, k0 + 16 NV) of R (<= kRows) output pixels: acc = b + x[r] @ Wn, clamped (counting
 // the elements clamped), plus the skip's values, stored to y. x rows are C floats apart, Wn
-// rows and y and skip rows K.
+// rows and y and skip rows K. `stream`: y is written once and not read soon (the forward's
+// output), so streaming stores may skip fetching its cache lines.
 template <int64_t NV>
 int64_t pixel_block(const float* __restrict x, int64_t R, int64_t C, const float* __restrict wn,
                     const float* __restrict bias, const float* __restrict skip, float clamp, int64_t K,
-                    float* __restrict y) {
+                    float* __restrict y, bool stream) {
 #if defined(__AVX512F__)
     __m512 acc[kRows][NV];
 #pragma GCC unroll 4
@@ -136,7 +162,7 @@ int64_t pixel_block(const float* __restrict x, int64_t R, int64_t C, const float
     }
     int64_t clamped = 0;
     const __m512 hi = _mm512_set1_ps(clamp), lo = _mm512_set1_ps(-clamp);
-    const bool stream = (reinterpret_cast<uintptr_t>(y) % 64 == 0) && (K % kLanes == 0);
+    stream = stream && reinterpret_cast<uintptr_t>(y) % 64 == 0 && K % kLanes == 0;
     for (int64_t r = 0; r < R; ++r)
 #pragma GCC unroll 6
         for (int64_t v = 0; v < NV; ++v) {
@@ -152,6 +178,7 @@ int64_t pixel_block(const float* __restrict x, int64_t R, int64_t C, const float
         }
     return clamped;
 #else
+    (void)stream;
     constexpr int64_t W = NV * kLanes;
     alignas(64) float acc[kRows][W];
     for (int64_t r = 0; r < kRows; ++r)
@@ -192,26 +219,140 @@ int64_t pixel_block(const float* __restrict x, int64_t R, int64_t C, const float
 
 // One row of W output pixels, all K channels (in register blocks of up to 96).
 int64_t output_row(const float* x, int64_t W, int64_t C, const float* wn, const float* bias, const float* skip,
-                   float clamp, int64_t K, float* y) {
+                   float clamp, int64_t K, float* y, bool stream) {
     int64_t clamped = 0;
     for (int64_t k0 = 0; k0 < K; k0 += kMaxVectors * kLanes) {
-        const int64_t nv = std::min(kMaxVectors, (K - k0) / kLanes);
         for (int64_t x0 = 0; x0 < W; x0 += kRows) {
             const int64_t R = std::min(kRows, W - x0);
-            const float* xs = x + x0 * C;
             const float* ss = skip ? skip + x0 * K + k0 : nullptr;
-            float* ys = y + x0 * K + k0;
-            switch (nv) {
-                case 1: clamped += pixel_block<1>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
-                case 2: clamped += pixel_block<2>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
-                case 3: clamped += pixel_block<3>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
-                case 4: clamped += pixel_block<4>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
-                case 5: clamped += pixel_block<5>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
-                default: clamped += pixel_block<6>(xs, R, C, wn + k0, bias + k0, ss, clamp, K, ys); break;
-            }
+            clamped += with_vectors(std::min(kMaxVectors, (K - k0) / kLanes), [&](auto nv) {
+                return pixel_block<decltype(nv)::value>(x + x0 * C, R, C, wn + k0, bias + k0, ss, clamp, K,
+                                                        y + x0 * K + k0, stream);
+            });
         }
     }
     return clamped;
+}
+
+// Skip row i's gradient (Ws pixels, K channels) from the output gradient gn ([H][W][K] of one
+// image; H = 2 Hs, W = 2 Ws): the adjoint of upsampled_row. Skip row i feeds output rows 2i-1
+// (o1), 2i (e1), 2i+1 (o0) and 2i+2 (e0); columns likewise. `col` holds W + 2 pixels.
+void skip_grad_row(const float* gn, int64_t H, int64_t W, int64_t K, int64_t i, const Taps& t, float* col,
+                   float* out) {
+    const int64_t rows[4] = {2 * i - 1, 2 * i, 2 * i + 1, 2 * i + 2};
+    const float wts[4] = {t.o1, t.e1, t.o0, t.e0};
+    float* __restrict cc = col + K;  // col[0] and col[W+1] are the zero columns -1 and W
+    std::fill(col, col + K, 0.f);
+    std::fill(cc, cc + (W + 1) * K, 0.f);
+    for (int q = 0; q < 4; ++q) {
+        if (rows[q] < 0 || rows[q] >= H) continue;
+        const float w = wts[q];
+        const float* __restrict src = gn + rows[q] * W * K;
+#pragma omp simd
+        for (int64_t e = 0; e < W * K; ++e) cc[e] += w * src[e];
+    }
+    const float e0 = t.e0, e1 = t.e1, o0 = t.o0, o1 = t.o1;
+    for (int64_t j = 0; j < W / 2; ++j) {
+        const float* __restrict cm = cc + (2 * j - 1) * K;
+        const float* __restrict c0 = cc + 2 * j * K;
+        const float* __restrict c1 = cc + (2 * j + 1) * K;
+        const float* __restrict c2 = cc + (2 * j + 2) * K;
+        float* __restrict o = out + j * K;
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) o[k] = o1 * cm[k] + e1 * c0[k] + o0 * c1[k] + e0 * c2[k];
+    }
+}
+
+// dx[r][c0 : c0 + 16 NV] = sum_k g[r][k] * WnT[k][c0 ...] for R (<= MR) pixels (g rows K floats
+// apart, dx rows C).
+template <int64_t NV, int64_t MR>
+void dx_block(const float* __restrict g, int64_t R, int64_t K, const float* __restrict wnt, int64_t C,
+              float* __restrict dx) {
+#if defined(__AVX512F__)
+    __m512 acc[MR][NV];
+#pragma GCC unroll 12
+    for (int64_t r = 0; r < MR; ++r)
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; ++k) {
+        __m512 wv[NV];
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wnt + k * C + v * kLanes);
+#pragma GCC unroll 12
+        for (int64_t r = 0; r < MR; ++r) {
+            const __m512 gv = _mm512_set1_ps(r < R ? g[r * K + k] : 0.f);
+#pragma GCC unroll 6
+            for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(gv, wv[v], acc[r][v]);
+        }
+    }
+    for (int64_t r = 0; r < R; ++r)
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) _mm512_storeu_ps(dx + r * C + v * kLanes, acc[r][v]);
+#else
+    constexpr int64_t W = NV * kLanes;
+    alignas(64) float acc[MR][W] = {};
+    for (int64_t k = 0; k < K; ++k)
+        for (int64_t r = 0; r < MR; ++r) {
+            const float gv = r < R ? g[r * K + k] : 0.f;
+#pragma omp simd
+            for (int64_t c = 0; c < W; ++c) acc[r][c] += gv * wnt[k * C + c];
+        }
+    for (int64_t r = 0; r < R; ++r) std::copy_n(acc[r], W, dx + r * C);
+#endif
+}
+
+// Columns [c0, c0 + 16 NV) of dx for a row of P pixels, in blocks of about 24 accumulators (few
+// x channels: more pixels per block, so that each loaded weight vector feeds enough FMAs).
+template <int64_t NV>
+void dx_row(const float* g, int64_t P, int64_t K, const float* wnt, int64_t C, float* dx) {
+    constexpr int64_t MR = NV >= 6 ? 4 : NV >= 4 ? 6 : NV == 3 ? 8 : 12;
+    for (int64_t p0 = 0; p0 < P; p0 += MR)
+        dx_block<NV, MR>(g + p0 * K, std::min(MR, P - p0), K, wnt, C, dx + p0 * C);
+}
+
+// part[c0 + r][k0 : k0 + 16 NV] += sum_p x[p][c0 + r] * g[p][k0 ...] for r < 4, over P pixels
+// (x rows C floats apart, g rows and part rows K).
+template <int64_t NV>
+void dwn_block(const float* __restrict x, int64_t C, const float* __restrict g, int64_t K, int64_t P,
+               float* __restrict part) {
+    constexpr int64_t kC = 4;
+#if defined(__AVX512F__)
+    __m512 acc[kC][NV];
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < kC; ++r)
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < P; ++p) {
+        __m512 gv[NV];
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) gv[v] = _mm512_loadu_ps(g + p * K + v * kLanes);
+#pragma GCC unroll 4
+        for (int64_t r = 0; r < kC; ++r) {
+            const __m512 xv = _mm512_set1_ps(x[p * C + r]);
+#pragma GCC unroll 6
+            for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xv, gv[v], acc[r][v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < kC; ++r)
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) {
+            float* dst = part + r * K + v * kLanes;
+            _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), acc[r][v]));
+        }
+#else
+    constexpr int64_t W = NV * kLanes;
+    alignas(64) float acc[kC][W] = {};
+    for (int64_t p = 0; p < P; ++p)
+        for (int64_t r = 0; r < kC; ++r) {
+            const float xv = x[p * C + r];
+#pragma omp simd
+            for (int64_t k = 0; k < W; ++k) acc[r][k] += xv * g[p * K + k];
+        }
+    for (int64_t r = 0; r < kC; ++r)
+#pragma omp simd
+        for (int64_t k = 0; k < W; ++k) part[r * K + k] += acc[r][k];
+#endif
 }
 
 }  // namespace
@@ -268,7 +409,7 @@ std::tuple<at::Tensor, int64_t> torgb_forward(const at::Tensor& x, const at::Ten
                 skip_row = sp + (n * H + Y) * W * K;
             }
             count += output_row(xp + (n * H + Y) * W * C, W, C, wn.data() + n * C * K, bp, skip_row, cl, K,
-                                yp + (n * H + Y) * W * K);
+                                yp + (n * H + Y) * W * K, /*stream=*/true);
         }
         clamped += count;
 #if defined(__AVX512F__)
@@ -279,8 +420,7 @@ std::tuple<at::Tensor, int64_t> torgb_forward(const at::Tensor& x, const at::Ten
 }
 
 // g [N,K,2Hs,2Ws] channels-last -> (the skip's gradient [N,K,Hs,Ws] channels-last, sum of g over
-// N, H, W [K]): the adjoint of upsampled_row. Skip row i feeds output rows 2i-1 (o1), 2i (e1),
-// 2i+1 (o0) and 2i+2 (e0); columns likewise.
+// N, H, W [K]), for x whose channels the fused torgb_backward does not take.
 std::tuple<at::Tensor, at::Tensor> torgb_skip_backward(const at::Tensor& g, const at::Tensor& taps) {
     check_channels_last(g, "grad");
     const int64_t N = g.size(0), K = g.size(1), H = g.size(2), W = g.size(3);
@@ -296,40 +436,14 @@ std::tuple<at::Tensor, at::Tensor> torgb_skip_backward(const at::Tensor& g, cons
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t n = r / Hs, i = r % Hs;
             const float* gn = gp + n * H * W * K;
-            // Vertical adjoint into col[1 .. W] (col[0] and col[W+1] are the zero columns -1 and W).
-            const int64_t rows[4] = {2 * i - 1, 2 * i, 2 * i + 1, 2 * i + 2};
-            const float wts[4] = {t.o1, t.e1, t.o0, t.e0};
-            float* __restrict cc = col.data() + K;
-            std::fill(col.begin(), col.begin() + K, 0.f);
-            std::fill(col.end() - K, col.end(), 0.f);
-            std::fill(cc, cc + W * K, 0.f);
-            for (int q = 0; q < 4; ++q) {
-                if (rows[q] < 0 || rows[q] >= H) continue;
-                const float w = wts[q];
-                const float* __restrict src = gn + rows[q] * W * K;
-#pragma omp simd
-                for (int64_t e = 0; e < W * K; ++e) cc[e] += w * src[e];
-            }
+            skip_grad_row(gn, H, W, K, i, t, col.data(), dp + (n * Hs + i) * Ws * K);
             // The bias' partial: output rows 2i and 2i+1 (each output row in exactly one partial).
             float* __restrict part = partial.data() + r * K;
             std::fill(part, part + K, 0.f);
-            for (int64_t Y = 2 * i; Y <= 2 * i + 1; ++Y)
-                for (int64_t X = 0; X < W; ++X) {
-                    const float* __restrict src = gn + (Y * W + X) * K;
+            const float* __restrict src = gn + 2 * i * W * K;
+            for (int64_t X = 0; X < 2 * W; ++X)
 #pragma omp simd
-                    for (int64_t k = 0; k < K; ++k) part[k] += src[k];
-                }
-            // Horizontal adjoint: skip column j gets e1 col[2j] + e0 col[2j+2] + o0 col[2j+1] + o1 col[2j-1].
-            float* __restrict out = dp + (n * Hs + i) * Ws * K;
-            for (int64_t j = 0; j < Ws; ++j) {
-                const float* __restrict cm = cc + (2 * j - 1) * K;
-                const float* __restrict c0 = cc + 2 * j * K;
-                const float* __restrict c1 = cc + (2 * j + 1) * K;
-                const float* __restrict c2 = cc + (2 * j + 2) * K;
-                float* __restrict o = out + j * K;
-#pragma omp simd
-                for (int64_t k = 0; k < K; ++k) o[k] = t.o1 * cm[k] + t.e1 * c0[k] + t.o0 * c1[k] + t.e0 * c2[k];
-            }
+                for (int64_t k = 0; k < K; ++k) part[k] += src[X * K + k];
         }
     });
     auto db = at::empty({K}, g.options());
@@ -340,7 +454,107 @@ std::tuple<at::Tensor, at::Tensor> torgb_skip_backward(const at::Tensor& g, cons
     return {ds, db};
 }
 
+// The whole backward of torgb_forward in one pass over g [N,K,H,W] (channels-last), for x
+// [N,C,H,W] with C a multiple of 16: returns (dx [N,C,H,W] channels-last, dWn [N,C,K] (the
+// gradient of the per-sample weight W[k,c] s[n,c]), db [K], the skip's gradient [N,K,H/2,W/2]
+// channels-last when taps are given, else empty). mask_clamp >= 0: the forward clamped some
+// elements; their gradient stops at the clamp, so the conv's output is recomputed to find them
+// (the skip's gradient is g itself, unmasked).
+// Rows are processed in fixed groups of kGroupRows of one image, each with its own partial sums
+// of dWn and db, added in group order: bitwise the same for any thread count.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> torgb_backward(
+        const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& styles,
+        const at::Tensor& bias, const at::Tensor& taps, double mask_clamp) {
+    constexpr int64_t kGroupRows = 16;  // even: a group holds whole skip rows
+    check_channels_last(g, "grad");
+    check_channels_last(x, "x");
+    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weight.size(0);
+    TORCH_CHECK(g.size(0) == N && g.size(1) == K && g.size(2) == H && g.size(3) == W,
+                "torgb_cpu: grad must be [", N, ", ", K, ", ", H, ", ", W, "], got ", g.sizes());
+    TORCH_CHECK(C % kLanes == 0 && K % kLanes == 0, "torgb_cpu: torgb_backward needs channels in multiples of ",
+                kLanes, ", got ", C, " -> ", K);
+    TORCH_CHECK(weight.dim() == 2 && weight.size(1) == C && weight.scalar_type() == at::kFloat &&
+                styles.sizes() == at::IntArrayRef({N, C}) && styles.scalar_type() == at::kFloat &&
+                bias.numel() == K && bias.scalar_type() == at::kFloat,
+                "torgb_cpu: weight [K, C], styles [N, C] and bias [K] must be float32 and match x and grad");
+    const bool up = taps.numel() > 0;
+    TORCH_CHECK(!up || (H % 2 == 0 && W % 2 == 0), "torgb_cpu: an upsampled skip needs even H and W, got ", H,
+                "x", W);
+    const Taps t = up ? taps_of(taps) : Taps{0, 0, 0, 0};
+    const auto wc = weight.contiguous(), sc = styles.contiguous(), bc = bias.contiguous();
+    const float* wp = wc.data_ptr<float>();
+    const float* sp = sc.data_ptr<float>();
+    // Wn[n][c][k] (for recomputing the conv) and WnT[n][k][c] (for dx).
+    std::vector<float> wn(static_cast<size_t>(N * C * K)), wnt(static_cast<size_t>(N * K * C));
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t c = 0; c < C; ++c) {
+                const float v = wp[k * C + c] * sp[n * C + c];
+                wn[(n * C + c) * K + k] = v;
+                wnt[(n * K + k) * C + c] = v;
+            }
+    const int64_t groups = (H + kGroupRows - 1) / kGroupRows;
+    std::vector<float> dwn_part(static_cast<size_t>(N * groups * C * K), 0.f);
+    std::vector<float> db_part(static_cast<size_t>(N * groups * K), 0.f);
+    auto dx = at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    auto dskip = up ? at::empty({N, K, H / 2, W / 2}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
+                    : at::empty({0}, x.options());
+    const float* gp = g.data_ptr<float>();
+    const float* xp = x.data_ptr<float>();
+    const float* bp = bc.data_ptr<float>();
+    float* dxp = dx.data_ptr<float>();
+    float* dsp = up ? dskip.data_ptr<float>() : nullptr;
+    const float cl = static_cast<float>(mask_clamp);
+    at::parallel_for(0, N * groups, 1, [&](int64_t q0, int64_t q1) {
+        std::vector<float> masked(mask_clamp >= 0 ? static_cast<size_t>(W * K) : 0);
+        std::vector<float> col(up ? static_cast<size_t>((W + 2) * K) : 0);
+        for (int64_t q = q0; q < q1; ++q) {
+            const int64_t n = q / groups, y0 = (q % groups) * kGroupRows, y1 = std::min(H, y0 + kGroupRows);
+            const float* gn = gp + n * H * W * K;
+            float* dwn = dwn_part.data() + q * C * K;
+            float* db = db_part.data() + q * K;
+            for (int64_t Y = y0; Y < y1; ++Y) {
+                const float* xr = xp + (n * H + Y) * W * C;
+                const float* gr = gn + Y * W * K;
+                if (cl >= 0.f) {  // zero the gradient where the forward's clamp cut
+                    output_row(xr, W, C, wn.data() + n * C * K, bp, nullptr, -1.f, K, masked.data(), false);
+                    for (int64_t e = 0; e < W * K; ++e)
+                        masked[e] = std::abs(masked[e]) <= cl ? gr[e] : 0.f;
+                    gr = masked.data();
+                }
+                for (int64_t p = 0; p < W; ++p)
+#pragma omp simd
+                    for (int64_t k = 0; k < K; ++k) db[k] += gr[p * K + k];
+                for (int64_t c0 = 0; c0 < C; c0 += kMaxVectors * kLanes)
+                    with_vectors(std::min(kMaxVectors, (C - c0) / kLanes), [&](auto nv) {
+                        dx_row<decltype(nv)::value>(gr, W, K, wnt.data() + n * K * C + c0, C,
+                                                    dxp + (n * H + Y) * W * C + c0);
+                    });
+                for (int64_t k0 = 0; k0 < K; k0 += kMaxVectors * kLanes)
+                    for (int64_t c0 = 0; c0 < C; c0 += 4)
+                        with_vectors(std::min(kMaxVectors, (K - k0) / kLanes), [&](auto nv) {
+                            dwn_block<decltype(nv)::value>(xr + c0, C, gr + k0, K, W, dwn + c0 * K + k0);
+                        });
+                if (up && Y % 2 == 1)  // skip row Y/2 is complete once output row Y + 1 is read
+                    skip_grad_row(gn, H, W, K, Y / 2, t, col.data(), dsp + (n * (H / 2) + Y / 2) * (W / 2) * K);
+            }
+        }
+    });
+    auto dwn = at::zeros({N, C, K}, x.options());
+    auto db = at::zeros({K}, x.options());
+    float* dwp = dwn.data_ptr<float>();
+    float* dbp = db.data_ptr<float>();
+    for (int64_t q = 0; q < N * groups; ++q) {
+        float* dst = dwp + (q / groups) * C * K;
+        const float* src = dwn_part.data() + q * C * K;
+        for (int64_t e = 0; e < C * K; ++e) dst[e] += src[e];
+        for (int64_t k = 0; k < K; ++k) dbp[k] += db_part[q * K + k];
+    }
+    return {dx, dwn, db, dskip};
+}
+
 TORCH_LIBRARY_FRAGMENT(triplane3d_cpu, m) {
     m.def("torgb_forward", &torgb_forward);              // y = clamp(conv1x1(x * s, W) + b) + up(skip) (CPU)
-    m.def("torgb_skip_backward", &torgb_skip_backward);  // the skip's and the bias' gradients of torgb_forward (CPU)
+    m.def("torgb_backward", &torgb_backward);            // every gradient of torgb_forward in one pass (CPU)
+    m.def("torgb_skip_backward", &torgb_skip_backward);  // the skip's and the bias' gradients alone (CPU)
 }
