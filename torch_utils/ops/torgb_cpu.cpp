@@ -126,44 +126,37 @@ void upsampled_row(const float* skip, int64_t Hs, int64_t Ws, int64_t K, int64_t
     }
 }
 
-// Columns [k0, k0 + 16 NV) of R (<= kRows) output pixels: acc = b + x[r] @ Wn, clamped (counting
-// the elements clamped), plus the skip's values, stored to y. x rows are C floats apart, Wn
-// rows and y and skip rows K. `stream`: y is written once and not read soon (the forward's
-// output), so streaming stores may skip fetching its cache lines.
-template <int64_t NV>
-int64_t pixel_block(const float* __restrict x, int64_t R, int64_t C, const float* __restrict wn,
+// Columns [k0, k0 + 16 NV) of MR output pixels: acc = b + x[r] @ Wn, clamped (counting the
+// elements clamped), plus the skip's values, stored to y. x rows are C floats apart, Wn rows and
+// y and skip rows K. `stream`: y is written once and not read soon (the forward's output), so
+// streaming stores may skip fetching its cache lines. MR is a compile-time constant (full
+// blocks, then single-pixel tails), so that the accumulators stay in registers.
+template <int64_t NV, int64_t MR>
+int64_t pixel_block(const float* __restrict x, int64_t C, const float* __restrict wn,
                     const float* __restrict bias, const float* __restrict skip, float clamp, int64_t K,
                     float* __restrict y, bool stream) {
 #if defined(__AVX512F__)
-    __m512 acc[kRows][NV];
+    __m512 acc[MR][NV];
 #pragma GCC unroll 4
-    for (int64_t r = 0; r < kRows; ++r)
+    for (int64_t r = 0; r < MR; ++r)
 #pragma GCC unroll 6
         for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_loadu_ps(bias + v * kLanes);
-    if (R == kRows) {
-        for (int64_t c = 0; c < C; ++c) {
-            __m512 wv[NV];
+    for (int64_t c = 0; c < C; ++c) {
+        __m512 wv[NV];
 #pragma GCC unroll 6
-            for (int64_t v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wn + c * K + v * kLanes);
+        for (int64_t v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wn + c * K + v * kLanes);
 #pragma GCC unroll 4
-            for (int64_t r = 0; r < kRows; ++r) {
-                const __m512 xv = _mm512_set1_ps(x[r * C + c]);
+        for (int64_t r = 0; r < MR; ++r) {
+            const __m512 xv = _mm512_set1_ps(x[r * C + c]);
 #pragma GCC unroll 6
-                for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xv, wv[v], acc[r][v]);
-            }
+            for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xv, wv[v], acc[r][v]);
         }
-    } else {
-        for (int64_t c = 0; c < C; ++c)
-            for (int64_t r = 0; r < R; ++r) {
-                const __m512 xv = _mm512_set1_ps(x[r * C + c]);
-                for (int64_t v = 0; v < NV; ++v)
-                    acc[r][v] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(wn + c * K + v * kLanes), acc[r][v]);
-            }
     }
     int64_t clamped = 0;
     const __m512 hi = _mm512_set1_ps(clamp), lo = _mm512_set1_ps(-clamp);
     stream = stream && reinterpret_cast<uintptr_t>(y) % 64 == 0 && K % kLanes == 0;
-    for (int64_t r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < MR; ++r)
 #pragma GCC unroll 6
         for (int64_t v = 0; v < NV; ++v) {
             __m512 a = acc[r][v];
@@ -180,21 +173,20 @@ int64_t pixel_block(const float* __restrict x, int64_t R, int64_t C, const float
 #else
     (void)stream;
     constexpr int64_t W = NV * kLanes;
-    alignas(64) float acc[kRows][W];
-    for (int64_t r = 0; r < kRows; ++r)
+    alignas(64) float acc[MR][W];
+    for (int64_t r = 0; r < MR; ++r)
 #pragma omp simd
         for (int64_t k = 0; k < W; ++k) acc[r][k] = bias[k];
     for (int64_t c = 0; c < C; ++c) {
         const float* __restrict wr = wn + c * K;
-#pragma GCC unroll 4
-        for (int64_t r = 0; r < kRows; ++r) {
-            const float xv = r < R ? x[r * C + c] : 0.f;
+        for (int64_t r = 0; r < MR; ++r) {
+            const float xv = x[r * C + c];
 #pragma omp simd
             for (int64_t k = 0; k < W; ++k) acc[r][k] += xv * wr[k];
         }
     }
     int64_t clamped = 0;
-    for (int64_t r = 0; r < R; ++r) {
+    for (int64_t r = 0; r < MR; ++r) {
         float* __restrict out = y + r * K;
         const float* __restrict add = skip ? skip + r * K : nullptr;
         if (clamp >= 0.f) {
@@ -222,14 +214,17 @@ int64_t output_row(const float* x, int64_t W, int64_t C, const float* wn, const 
                    float clamp, int64_t K, float* y, bool stream) {
     int64_t clamped = 0;
     for (int64_t k0 = 0; k0 < K; k0 += kMaxVectors * kLanes) {
-        for (int64_t x0 = 0; x0 < W; x0 += kRows) {
-            const int64_t R = std::min(kRows, W - x0);
-            const float* ss = skip ? skip + x0 * K + k0 : nullptr;
-            clamped += with_vectors(std::min(kMaxVectors, (K - k0) / kLanes), [&](auto nv) {
-                return pixel_block<decltype(nv)::value>(x + x0 * C, R, C, wn + k0, bias + k0, ss, clamp, K,
-                                                        y + x0 * K + k0, stream);
-            });
-        }
+        clamped += with_vectors(std::min(kMaxVectors, (K - k0) / kLanes), [&](auto nv) {
+            constexpr int64_t NV = decltype(nv)::value;
+            int64_t count = 0, x0 = 0;
+            for (; x0 + kRows <= W; x0 += kRows)
+                count += pixel_block<NV, kRows>(x + x0 * C, C, wn + k0, bias + k0, skip ? skip + x0 * K + k0 : nullptr,
+                                                clamp, K, y + x0 * K + k0, stream);
+            for (; x0 < W; ++x0)
+                count += pixel_block<NV, 1>(x + x0 * C, C, wn + k0, bias + k0, skip ? skip + x0 * K + k0 : nullptr,
+                                            clamp, K, y + x0 * K + k0, stream);
+            return count;
+        });
     }
     return clamped;
 }
@@ -263,11 +258,10 @@ void skip_grad_row(const float* gn, int64_t H, int64_t W, int64_t K, int64_t i, 
     }
 }
 
-// dx[r][c0 : c0 + 16 NV] = sum_k g[r][k] * WnT[k][c0 ...] for R (<= MR) pixels (g rows K floats
-// apart, dx rows C).
+// dx[r][c0 : c0 + 16 NV] = sum_k g[r][k] * WnT[k][c0 ...] for MR pixels (g rows K floats apart,
+// dx rows C).
 template <int64_t NV, int64_t MR>
-void dx_block(const float* __restrict g, int64_t R, int64_t K, const float* __restrict wnt, int64_t C,
-              float* __restrict dx) {
+void dx_block(const float* __restrict g, int64_t K, const float* __restrict wnt, int64_t C, float* __restrict dx) {
 #if defined(__AVX512F__)
     __m512 acc[MR][NV];
 #pragma GCC unroll 12
@@ -280,12 +274,13 @@ void dx_block(const float* __restrict g, int64_t R, int64_t K, const float* __re
         for (int64_t v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wnt + k * C + v * kLanes);
 #pragma GCC unroll 12
         for (int64_t r = 0; r < MR; ++r) {
-            const __m512 gv = _mm512_set1_ps(r < R ? g[r * K + k] : 0.f);
+            const __m512 gv = _mm512_set1_ps(g[r * K + k]);
 #pragma GCC unroll 6
             for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(gv, wv[v], acc[r][v]);
         }
     }
-    for (int64_t r = 0; r < R; ++r)
+#pragma GCC unroll 12
+    for (int64_t r = 0; r < MR; ++r)
 #pragma GCC unroll 6
         for (int64_t v = 0; v < NV; ++v) _mm512_storeu_ps(dx + r * C + v * kLanes, acc[r][v]);
 #else
@@ -293,11 +288,11 @@ void dx_block(const float* __restrict g, int64_t R, int64_t K, const float* __re
     alignas(64) float acc[MR][W] = {};
     for (int64_t k = 0; k < K; ++k)
         for (int64_t r = 0; r < MR; ++r) {
-            const float gv = r < R ? g[r * K + k] : 0.f;
+            const float gv = g[r * K + k];
 #pragma omp simd
             for (int64_t c = 0; c < W; ++c) acc[r][c] += gv * wnt[k * C + c];
         }
-    for (int64_t r = 0; r < R; ++r) std::copy_n(acc[r], W, dx + r * C);
+    for (int64_t r = 0; r < MR; ++r) std::copy_n(acc[r], W, dx + r * C);
 #endif
 }
 
@@ -305,9 +300,22 @@ void dx_block(const float* __restrict g, int64_t R, int64_t K, const float* __re
 // x channels: more pixels per block, so that each loaded weight vector feeds enough FMAs).
 template <int64_t NV>
 void dx_row(const float* g, int64_t P, int64_t K, const float* wnt, int64_t C, float* dx) {
-    constexpr int64_t MR = NV >= 6 ? 4 : NV >= 4 ? 6 : NV == 3 ? 8 : 12;
-    for (int64_t p0 = 0; p0 < P; p0 += MR)
-        dx_block<NV, MR>(g + p0 * K, std::min(MR, P - p0), K, wnt, C, dx + p0 * C);
+    constexpr int64_t MR = std::min<int64_t>(12, 24 / NV);
+    int64_t p0 = 0;
+    for (; p0 + MR <= P; p0 += MR) dx_block<NV, MR>(g + p0 * K, K, wnt, C, dx + p0 * C);
+    for (; p0 < P; ++p0) dx_block<NV, 1>(g + p0 * K, K, wnt, C, dx + p0 * C);
+}
+
+// db[k0 : k0 + 16 NV] += sum over P pixels of g[p][k0 ...], summed in registers.
+template <int64_t NV>
+void bias_grad_row(const float* __restrict g, int64_t P, int64_t K, float* __restrict db) {
+    constexpr int64_t W = NV * kLanes;
+    alignas(64) float acc[W] = {};
+    for (int64_t p = 0; p < P; ++p)
+#pragma omp simd
+        for (int64_t k = 0; k < W; ++k) acc[k] += g[p * K + k];
+#pragma omp simd
+    for (int64_t k = 0; k < W; ++k) db[k] += acc[k];
 }
 
 // part[c0 + r][k0 : k0 + 16 NV] += sum_p x[p][c0 + r] * g[p][k0 ...] for r < 4, over P pixels
@@ -522,9 +530,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> torgb_backward(
                         masked[e] = std::abs(masked[e]) <= cl ? gr[e] : 0.f;
                     gr = masked.data();
                 }
-                for (int64_t p = 0; p < W; ++p)
-#pragma omp simd
-                    for (int64_t k = 0; k < K; ++k) db[k] += gr[p * K + k];
+                for (int64_t k0 = 0; k0 < K; k0 += kMaxVectors * kLanes)
+                    with_vectors(std::min(kMaxVectors, (K - k0) / kLanes), [&](auto nv) {
+                        bias_grad_row<decltype(nv)::value>(gr + k0, W, K, db + k0);
+                    });
                 for (int64_t c0 = 0; c0 < C; c0 += kMaxVectors * kLanes)
                     with_vectors(std::min(kMaxVectors, (C - c0) / kLanes), [&](auto nv) {
                         dx_row<decltype(nv)::value>(gr, W, K, wnt.data() + n * K * C + c0, C,
