@@ -189,6 +189,31 @@ def test_synthesis_network_with_and_without_the_kernel(cpu_kernels_module, monke
         _close(a, b.double(), rel=1e-4)
 
 
+def test_training_with_the_kernel_follows_training_without_it(cpu_kernels_module, tiny_dataset, tmp_path,
+                                                              monkeypatch):
+    """Three training steps of the tiny config (16 tri-plane channels, so that its 48-channel
+    skip images take the kernel, forward and one-pass backward) end with the same weights as
+    without it, up to float rounding."""
+    from training import distributed as tdist
+    from training.training_loop import training_loop
+    from training_fixtures import tiny_options
+
+    opts = tiny_options(tiny_dataset, kimg=0.012)
+    opts.G.triplane_channels = 16
+    calls = _count_kernel_calls(monkeypatch)
+    weights = {}
+    for on in (False, True):
+        with torgb.enabled(on):
+            torch.manual_seed(0)
+            trainer = training_loop(opts, tmp_path / f"run-{on}", tdist.DistInfo())
+        weights[on] = [v.detach().double() for net in (trainer.G, trainer.D) for v in net.state_dict().values()
+                       if v.is_floating_point()]
+    assert calls["forward"] > 0
+    diff = sum((a - b).square().sum() for a, b in zip(weights[True], weights[False])).sqrt()
+    norm = sum(b.square().sum() for b in weights[False]).sqrt()
+    assert diff <= 1e-6 * norm, f"relative difference {float(diff / norm):.3g}"
+
+
 _PORTABLE_CHECK = r"""
 import sys
 import torch

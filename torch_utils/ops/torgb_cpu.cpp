@@ -37,6 +37,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -56,6 +57,41 @@ namespace {
 constexpr int64_t kLanes = 16;      // output channels per vector
 constexpr int64_t kMaxVectors = 6;  // output channels per register block: 6 x 16 = 96
 constexpr int64_t kRows = 4;        // pixels per register block (4 x 6 accumulators)
+
+// 16 floats: one AVX-512 register, or (GCC vector extensions) several narrower ones on CPUs
+// without it, so one source serves both builds.
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+
+// acc[i][v] += sum over l < L of A[i * ai + l * al] * B[l * lb + 16 v ...] for i < MR, v < NV:
+// an MR x 16 NV block of a matrix product, kept in registers (MR and NV are compile-time, and
+// MR x NV <= 24 leaves room for the NV loaded vectors of B).
+template <int64_t MR, int64_t NV>
+inline void block_product(vf (&acc)[MR][NV], const float* __restrict A, int64_t ai, int64_t al,
+                          const float* __restrict B, int64_t lb, int64_t L) {
+    for (int64_t l = 0; l < L; ++l) {
+        vf b[NV];
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) b[v] = vload(B + l * lb + v * kLanes);
+#pragma GCC unroll 12
+        for (int64_t i = 0; i < MR; ++i) {
+            const float a = A[i * ai + l * al];
+#pragma GCC unroll 6
+            for (int64_t v = 0; v < NV; ++v) acc[i][v] += a * b[v];
+        }
+    }
+}
+
+// A store that does not fetch the line it writes where the CPU can (AVX-512 here, 64-byte aligned).
+inline void vstore_stream(float* p, vf v) {
+#if defined(__AVX512F__)
+    _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#else
+    vstore(p, v);
+#endif
+}
 
 struct Taps {
     float e0, e1, o0, o1;
@@ -135,78 +171,30 @@ template <int64_t NV, int64_t MR>
 int64_t pixel_block(const float* __restrict x, int64_t C, const float* __restrict wn,
                     const float* __restrict bias, const float* __restrict skip, float clamp, int64_t K,
                     float* __restrict y, bool stream) {
-#if defined(__AVX512F__)
-    __m512 acc[MR][NV];
+    vf acc[MR][NV];
 #pragma GCC unroll 4
     for (int64_t r = 0; r < MR; ++r)
 #pragma GCC unroll 6
-        for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_loadu_ps(bias + v * kLanes);
-    for (int64_t c = 0; c < C; ++c) {
-        __m512 wv[NV];
-#pragma GCC unroll 6
-        for (int64_t v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wn + c * K + v * kLanes);
-#pragma GCC unroll 4
-        for (int64_t r = 0; r < MR; ++r) {
-            const __m512 xv = _mm512_set1_ps(x[r * C + c]);
-#pragma GCC unroll 6
-            for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xv, wv[v], acc[r][v]);
-        }
-    }
-    int64_t clamped = 0;
-    const __m512 hi = _mm512_set1_ps(clamp), lo = _mm512_set1_ps(-clamp);
+        for (int64_t v = 0; v < NV; ++v) acc[r][v] = vload(bias + v * kLanes);
+    block_product<MR, NV>(acc, x, C, 1, wn, K, C);
     stream = stream && reinterpret_cast<uintptr_t>(y) % 64 == 0 && K % kLanes == 0;
+    vi clamped = {};
 #pragma GCC unroll 4
     for (int64_t r = 0; r < MR; ++r)
 #pragma GCC unroll 6
         for (int64_t v = 0; v < NV; ++v) {
-            __m512 a = acc[r][v];
+            vf a = acc[r][v];
             if (clamp >= 0.f) {
-                const __mmask16 out_of_range = _mm512_cmp_ps_mask(a, hi, _CMP_GT_OQ) | _mm512_cmp_ps_mask(a, lo, _CMP_LT_OQ);
-                clamped += __builtin_popcount(out_of_range);
-                a = _mm512_min_ps(_mm512_max_ps(a, lo), hi);
+                clamped -= (a > clamp) | (a < -clamp);  // comparisons give -1 where true
+                a = a > clamp ? clamp : (a < -clamp ? -clamp : a);
             }
-            if (skip) a = _mm512_add_ps(a, _mm512_loadu_ps(skip + r * K + v * kLanes));
-            if (stream) _mm512_stream_ps(y + r * K + v * kLanes, a);
-            else _mm512_storeu_ps(y + r * K + v * kLanes, a);
+            if (skip) a += vload(skip + r * K + v * kLanes);
+            if (stream) vstore_stream(y + r * K + v * kLanes, a);
+            else vstore(y + r * K + v * kLanes, a);
         }
-    return clamped;
-#else
-    (void)stream;
-    constexpr int64_t W = NV * kLanes;
-    alignas(64) float acc[MR][W];
-    for (int64_t r = 0; r < MR; ++r)
-#pragma omp simd
-        for (int64_t k = 0; k < W; ++k) acc[r][k] = bias[k];
-    for (int64_t c = 0; c < C; ++c) {
-        const float* __restrict wr = wn + c * K;
-        for (int64_t r = 0; r < MR; ++r) {
-            const float xv = x[r * C + c];
-#pragma omp simd
-            for (int64_t k = 0; k < W; ++k) acc[r][k] += xv * wr[k];
-        }
-    }
-    int64_t clamped = 0;
-    for (int64_t r = 0; r < MR; ++r) {
-        float* __restrict out = y + r * K;
-        const float* __restrict add = skip ? skip + r * K : nullptr;
-        if (clamp >= 0.f) {
-#pragma omp simd reduction(+ : clamped)
-            for (int64_t k = 0; k < W; ++k) {
-                const float a = acc[r][k];
-                clamped += (a > clamp) + (a < -clamp);
-                acc[r][k] = std::min(std::max(a, -clamp), clamp);
-            }
-        }
-        if (add) {
-#pragma omp simd
-            for (int64_t k = 0; k < W; ++k) out[k] = acc[r][k] + add[k];
-        } else {
-#pragma omp simd
-            for (int64_t k = 0; k < W; ++k) out[k] = acc[r][k];
-        }
-    }
-    return clamped;
-#endif
+    int64_t count = 0;
+    for (int j = 0; j < kLanes; ++j) count += clamped[j];
+    return count;
 }
 
 // One row of W output pixels, all K channels (in register blocks of up to 96).
@@ -262,38 +250,12 @@ void skip_grad_row(const float* gn, int64_t H, int64_t W, int64_t K, int64_t i, 
 // dx rows C).
 template <int64_t NV, int64_t MR>
 void dx_block(const float* __restrict g, int64_t K, const float* __restrict wnt, int64_t C, float* __restrict dx) {
-#if defined(__AVX512F__)
-    __m512 acc[MR][NV];
+    vf acc[MR][NV] = {};
+    block_product<MR, NV>(acc, g, K, 1, wnt, C, K);
 #pragma GCC unroll 12
     for (int64_t r = 0; r < MR; ++r)
 #pragma GCC unroll 6
-        for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; ++k) {
-        __m512 wv[NV];
-#pragma GCC unroll 6
-        for (int64_t v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wnt + k * C + v * kLanes);
-#pragma GCC unroll 12
-        for (int64_t r = 0; r < MR; ++r) {
-            const __m512 gv = _mm512_set1_ps(g[r * K + k]);
-#pragma GCC unroll 6
-            for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(gv, wv[v], acc[r][v]);
-        }
-    }
-#pragma GCC unroll 12
-    for (int64_t r = 0; r < MR; ++r)
-#pragma GCC unroll 6
-        for (int64_t v = 0; v < NV; ++v) _mm512_storeu_ps(dx + r * C + v * kLanes, acc[r][v]);
-#else
-    constexpr int64_t W = NV * kLanes;
-    alignas(64) float acc[MR][W] = {};
-    for (int64_t k = 0; k < K; ++k)
-        for (int64_t r = 0; r < MR; ++r) {
-            const float gv = g[r * K + k];
-#pragma omp simd
-            for (int64_t c = 0; c < W; ++c) acc[r][c] += gv * wnt[k * C + c];
-        }
-    for (int64_t r = 0; r < MR; ++r) std::copy_n(acc[r], W, dx + r * C);
-#endif
+        for (int64_t v = 0; v < NV; ++v) vstore(dx + r * C + v * kLanes, acc[r][v]);
 }
 
 // Columns [c0, c0 + 16 NV) of dx for a row of P pixels, in blocks of about 24 accumulators (few
@@ -309,13 +271,12 @@ void dx_row(const float* g, int64_t P, int64_t K, const float* wnt, int64_t C, f
 // db[k0 : k0 + 16 NV] += sum over P pixels of g[p][k0 ...], summed in registers.
 template <int64_t NV>
 void bias_grad_row(const float* __restrict g, int64_t P, int64_t K, float* __restrict db) {
-    constexpr int64_t W = NV * kLanes;
-    alignas(64) float acc[W] = {};
+    vf acc[NV] = {};
     for (int64_t p = 0; p < P; ++p)
-#pragma omp simd
-        for (int64_t k = 0; k < W; ++k) acc[k] += g[p * K + k];
-#pragma omp simd
-    for (int64_t k = 0; k < W; ++k) db[k] += acc[k];
+#pragma GCC unroll 6
+        for (int64_t v = 0; v < NV; ++v) acc[v] += vload(g + p * K + v * kLanes);
+#pragma GCC unroll 6
+    for (int64_t v = 0; v < NV; ++v) vstore(db + v * kLanes, vload(db + v * kLanes) + acc[v]);
 }
 
 // part[c0 + r][k0 : k0 + 16 NV] += sum_p x[p][c0 + r] * g[p][k0 ...] for r < 4, over P pixels
@@ -324,43 +285,12 @@ template <int64_t NV>
 void dwn_block(const float* __restrict x, int64_t C, const float* __restrict g, int64_t K, int64_t P,
                float* __restrict part) {
     constexpr int64_t kC = 4;
-#if defined(__AVX512F__)
-    __m512 acc[kC][NV];
+    vf acc[kC][NV] = {};
+    block_product<kC, NV>(acc, x, 1, C, g, K, P);
 #pragma GCC unroll 4
     for (int64_t r = 0; r < kC; ++r)
 #pragma GCC unroll 6
-        for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < P; ++p) {
-        __m512 gv[NV];
-#pragma GCC unroll 6
-        for (int64_t v = 0; v < NV; ++v) gv[v] = _mm512_loadu_ps(g + p * K + v * kLanes);
-#pragma GCC unroll 4
-        for (int64_t r = 0; r < kC; ++r) {
-            const __m512 xv = _mm512_set1_ps(x[p * C + r]);
-#pragma GCC unroll 6
-            for (int64_t v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(xv, gv[v], acc[r][v]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int64_t r = 0; r < kC; ++r)
-#pragma GCC unroll 6
-        for (int64_t v = 0; v < NV; ++v) {
-            float* dst = part + r * K + v * kLanes;
-            _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), acc[r][v]));
-        }
-#else
-    constexpr int64_t W = NV * kLanes;
-    alignas(64) float acc[kC][W] = {};
-    for (int64_t p = 0; p < P; ++p)
-        for (int64_t r = 0; r < kC; ++r) {
-            const float xv = x[p * C + r];
-#pragma omp simd
-            for (int64_t k = 0; k < W; ++k) acc[r][k] += xv * g[p * K + k];
-        }
-    for (int64_t r = 0; r < kC; ++r)
-#pragma omp simd
-        for (int64_t k = 0; k < W; ++k) part[r * K + k] += acc[r][k];
-#endif
+        for (int64_t v = 0; v < NV; ++v) vstore(part + r * K + v * kLanes, vload(part + r * K + v * kLanes) + acc[r][v]);
 }
 
 }  // namespace
