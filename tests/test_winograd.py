@@ -2,35 +2,12 @@
 its use inside conv2d_gradfix (forward, input and weight gradients, double backward), the rules
 of `usable`, and bitwise reproducibility across thread counts."""
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from kernel_checks import assert_close, channels_last, run_portable_build, threads, training_difference
 from torch_utils.ops import conv2d_gradfix, winograd
-
-
-def _cl(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last)
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 2e-5) -> None:
-    """Within `rel` of the expected tensor's largest magnitude (Winograd's transforms add a few
-    float32 roundings per output; a wrong tap or tile is off by the output's own scale)."""
-    scale = expected.abs().max().item()
-    err = (actual.double() - expected).abs().max().item()
-    assert err <= rel * scale, f"max error {err:.3g} against scale {scale:.3g}"
 
 
 # (C, K, H, W, padding): tile edges (sizes not multiples of 4), every padding, 16-column panels (K=48).
@@ -46,56 +23,56 @@ SHAPES = [
 @pytest.mark.parametrize("c,k,h,w,pad", SHAPES)
 def test_conv3x3_matches_float64_conv(cpu_kernels_module, c, k, h, w, pad):
     torch.manual_seed(0)
-    x, wt, b = _cl(torch.randn(3, c, h, w)), torch.randn(k, c, 3, 3) / (9 * c) ** 0.5, torch.randn(k)
+    x, wt, b = channels_last(torch.randn(3, c, h, w)), torch.randn(k, c, 3, 3) / (9 * c) ** 0.5, torch.randn(k)
     pad = (pad, pad) if isinstance(pad, int) else pad
     ref = F.conv2d(x.double(), wt.double(), b.double(), padding=pad)
     for bias in (None, b):
         out = winograd.conv3x3(x, wt, bias, pad)
         assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
-        _close(out, ref if bias is not None else ref - b.double()[:, None, None])
+        assert_close(out, ref if bias is not None else ref - b.double()[:, None, None])
 
 
 @pytest.mark.parametrize("c,k,h,w,pad", SHAPES[:4])
 def test_conv_transpose3x3_matches_float64_conv_transpose(cpu_kernels_module, c, k, h, w, pad):
     torch.manual_seed(1)
-    x, wt = _cl(torch.randn(2, c, h, w)), torch.randn(c, k, 3, 3)  # conv_transpose2d's [in, out, kh, kw]
+    x, wt = channels_last(torch.randn(2, c, h, w)), torch.randn(c, k, 3, 3)  # conv_transpose2d's [in, out, kh, kw]
     ref = F.conv_transpose2d(x.double(), wt.double(), padding=pad)
-    _close(winograd.conv_transpose3x3(x, wt, None, (pad, pad)), ref)
+    assert_close(winograd.conv_transpose3x3(x, wt, None, (pad, pad)), ref)
 
 
 @pytest.mark.parametrize("c,k,h,w,pad", SHAPES)
 def test_weight_grad3x3_matches_float64_convolution_backward(cpu_kernels_module, c, k, h, w, pad):
     torch.manual_seed(2)
     pad = (pad, pad) if isinstance(pad, int) else pad
-    x = _cl(torch.randn(3, c, h, w))
-    dy = _cl(torch.randn(3, k, h + 2 * pad[0] - 2, w + 2 * pad[1] - 2))
+    x = channels_last(torch.randn(3, c, h, w))
+    dy = channels_last(torch.randn(3, k, h + 2 * pad[0] - 2, w + 2 * pad[1] - 2))
     ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), torch.empty(k, c, 3, 3, dtype=torch.double),
                                               None, [1, 1], list(pad), [1, 1], False, [0, 0], 1,
                                               [False, True, False])[1]
     out = winograd.weight_grad3x3(dy, x, pad)
     assert out.shape == (k, c, 3, 3)
-    _close(out, ref)
-    _close(winograd.weight_grad3x3(dy.contiguous(), x, pad), ref)  # an NCHW gradient is converted
+    assert_close(out, ref)
+    assert_close(winograd.weight_grad3x3(dy.contiguous(), x, pad), ref)  # an NCHW gradient is converted
 
 
 def test_many_tiles_use_several_blocks_and_groups(cpu_kernels_module):
     """Enough tiles for several blocks of tiles per thread, and several partial weight gradients."""
     torch.manual_seed(3)
-    x, wt = _cl(torch.randn(2, 32, 70, 66)), torch.randn(32, 32, 3, 3) / 17
-    _close(winograd.conv3x3(x, wt, None, (1, 1)), F.conv2d(x.double(), wt.double(), padding=1))
-    dy = _cl(torch.randn(2, 32, 70, 66))
+    x, wt = channels_last(torch.randn(2, 32, 70, 66)), torch.randn(32, 32, 3, 3) / 17
+    assert_close(winograd.conv3x3(x, wt, None, (1, 1)), F.conv2d(x.double(), wt.double(), padding=1))
+    dy = channels_last(torch.randn(2, 32, 70, 66))
     ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), wt.double(), None, [1, 1], [1, 1], [1, 1],
                                               False, [0, 0], 1, [False, True, False])[1]
-    _close(winograd.weight_grad3x3(dy, x, (1, 1)), ref)
+    assert_close(winograd.weight_grad3x3(dy, x, (1, 1)), ref)
 
 
 def test_results_do_not_depend_on_the_thread_count(cpu_kernels_module):
     torch.manual_seed(4)
-    x, wt = _cl(torch.randn(2, 32, 70, 66)), torch.randn(48, 32, 3, 3)
-    dy = _cl(torch.randn(2, 48, 70, 66))
+    x, wt = channels_last(torch.randn(2, 32, 70, 66)), torch.randn(48, 32, 3, 3)
+    dy = channels_last(torch.randn(2, 48, 70, 66))
     runs = []
     for n in (1, 2, 3):
-        with _threads(n):
+        with threads(n):
             runs.append((winograd.conv3x3(x, wt, None, (1, 1)), winograd.weight_grad3x3(dy, x, (1, 1))))
     for y, dw in runs[1:]:
         assert torch.equal(y, runs[0][0]) and torch.equal(dw, runs[0][1])
@@ -151,7 +128,7 @@ def test_weight_transform_matches_the_reference(cpu_kernels_module):
 
 def _eligible_case():
     torch.manual_seed(5)
-    x = _cl(torch.randn(2, 32, 34, 33))
+    x = channels_last(torch.randn(2, 32, 34, 33))
     w = torch.randn(32, 32, 3, 3) / 17
     b = torch.randn(32)
     return x, w, b
@@ -172,8 +149,8 @@ def test_usable_rules(cpu_kernels_module, monkeypatch):
     assert not winograd.usable(x, w[:, :16], (1, 1), (1, 1), (1, 1), 2)  # grouped
     assert not winograd.usable(x, w, (1, 1), (3, 3), (1, 1), 1)  # padding beyond 2
     assert not winograd.usable(x.double(), w.double(), (1, 1), (1, 1), (1, 1), 1)
-    assert not winograd.usable(_cl(x[:, :16]), w[:16, :16], (1, 1), (1, 1), (1, 1), 1)  # below MIN_CHANNELS
-    assert not winograd.usable(_cl(x[:, :, :8, :8]), w, (1, 1), (1, 1), (1, 1), 1)  # below MIN_MACS again
+    assert not winograd.usable(channels_last(x[:, :16]), w[:16, :16], (1, 1), (1, 1), (1, 1), 1)  # below MIN_CHANNELS
+    assert not winograd.usable(channels_last(x[:, :, :8, :8]), w, (1, 1), (1, 1), (1, 1), 1)  # below MIN_MACS again
     monkeypatch.setattr(winograd, "MIN_MACS", 0)
     monkeypatch.setattr(winograd, "MIN_OUTPUTS", 34 * 33 + 1)  # one more than this conv's outputs per image
     assert not winograd.usable(x, w, (1, 1), (1, 1), (1, 1), 1)
@@ -209,7 +186,7 @@ def _count_kernel_calls(monkeypatch):
 def test_gradfix_conv2d_runs_forward_and_both_gradients_through_the_kernel(cpu_kernels_module, monkeypatch,
                                                                            small_convs_use_the_kernel):
     x, w, b = _eligible_case()
-    probe = _cl(torch.randn(2, 32, 34, 33, generator=torch.Generator().manual_seed(6)))
+    probe = channels_last(torch.randn(2, 32, 34, 33, generator=torch.Generator().manual_seed(6)))
     leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
     ref = F.conv2d(leaves[0], leaves[1], leaves[2], padding=1)
     ref_grads = torch.autograd.grad((ref * probe.double()).sum(), leaves)
@@ -218,9 +195,9 @@ def test_gradfix_conv2d_runs_forward_and_both_gradients_through_the_kernel(cpu_k
     out = conv2d_gradfix.conv2d(leaves[0], leaves[1], leaves[2], padding=1)
     grads = torch.autograd.grad((out * probe).sum(), leaves)
     assert calls == {"conv": 1, "transpose": 1, "weight": 1}
-    _close(out, ref.detach())
+    assert_close(out, ref.detach())
     for g, r in zip(grads, ref_grads):
-        _close(g, r)
+        assert_close(g, r)
 
 
 def test_gradfix_double_backward_agrees_with_the_direct_convolutions(cpu_kernels_module, monkeypatch,
@@ -243,11 +220,11 @@ def test_gradfix_double_backward_agrees_with_the_direct_convolutions(cpu_kernels
     finally:
         winograd.state.enabled = True
     for g, r in zip(with_kernel, direct):
-        _close(g, r.double(), rel=1e-4)
+        assert_close(g, r.double(), rel=1e-4)
 
 
 def test_kernel_rejects_bad_input(cpu_kernels_module):
-    x = _cl(torch.randn(1, 24, 8, 8))
+    x = channels_last(torch.randn(1, 24, 8, 8))
     with pytest.raises(RuntimeError, match="multiples of 16"):
         cpu_kernels_module.winograd_conv3x3(x, cpu_kernels_module.winograd_weight(torch.randn(16, 24, 3, 3), False),
                                             None, 1, 1)
@@ -260,17 +237,9 @@ def test_kernel_rejects_bad_input(cpu_kernels_module):
 
 
 _PORTABLE_CHECK = r"""
-import sys
-import torch
+# Checks run after the build (see kernel_checks.run_portable_build): the matrix products
+# take their plain C++ loops instead of the intrinsics.
 import torch.nn.functional as F
-from torch.utils import cpp_extension
-
-source, build_dir = sys.argv[1], sys.argv[2]
-# Without AVX-512 the matrix products take the plain C++ loops instead of the intrinsics.
-cpp_extension.load(name="winograd_portable", sources=[source], build_directory=build_dir,
-                   extra_cflags=["-O2", "-march=x86-64-v2"], is_python_module=False, verbose=False)
-ops = torch.ops.triplane3d_cpu
-torch.manual_seed(0)
 x = torch.randn(2, 32, 11, 13).contiguous(memory_format=torch.channels_last)
 w = torch.randn(48, 32, 3, 3) / 17
 y = ops.winograd_conv3x3(x, ops.winograd_weight(w, False), None, 1, 1)
@@ -288,46 +257,22 @@ print("ok")
 
 def test_portable_build_without_avx512_matches_too(tmp_path):
     """The kernel's plain C++ path (CPUs without AVX-512), built separately in a fresh process."""
-    import platform
-    import subprocess
-    import sys
     from pathlib import Path
 
-    from torch_utils.custom_ops import cpu_build_available
 
-    ok, reason = cpu_build_available()
-    if not ok:
-        pytest.skip(f"no CPU plugin can be built here: {reason}")
-    if platform.machine() not in ("x86_64", "AMD64"):
-        pytest.skip("the portable build is pinned to x86-64-v2")
-    source = Path(winograd.__file__).with_name("winograd_cpu.cpp")
-    script = tmp_path / "check.py"
-    script.write_text(_PORTABLE_CHECK)
-    done = subprocess.run([sys.executable, str(script), str(source), str(tmp_path)], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+    run_portable_build(Path(winograd.__file__).with_name("winograd_cpu.cpp"), _PORTABLE_CHECK, tmp_path)
 
 
 def test_training_with_the_kernel_follows_training_without_it(cpu_kernels_module, tiny_dataset, tmp_path,
                                                               monkeypatch, small_convs_use_the_kernel):
     """Three training steps of the tiny config (its 32-channel layers at 4x4 and 8x8 through the
     kernel) end with the same weights as without it, up to float rounding."""
-    from training import distributed as tdist
-    from training.training_loop import training_loop
     from training_fixtures import tiny_options
 
     calls = _count_kernel_calls(monkeypatch)
-    weights = {}
-    for on in (False, True):
-        with winograd.enabled(on):
-            torch.manual_seed(0)
-            trainer = training_loop(tiny_options(tiny_dataset, kimg=0.012), tmp_path / f"run-{on}", tdist.DistInfo())
-        weights[on] = [v.detach().double() for net in (trainer.G, trainer.D) for v in net.state_dict().values()
-                       if v.is_floating_point()]
+    difference = training_difference(tiny_options(tiny_dataset, kimg=0.012), tmp_path, winograd.enabled)
     assert calls["conv"] > 0 and calls["transpose"] > 0 and calls["weight"] > 0
-    diff = sum((a - b).square().sum() for a, b in zip(weights[True], weights[False])).sqrt()
-    norm = sum(b.square().sum() for b in weights[False]).sqrt()
-    assert diff <= 1e-6 * norm, f"relative difference {float(diff / norm):.3g}"
+    assert difference <= 1e-6, f"relative difference {difference:.3g}"
 
 
 def test_the_demo_step_keeps_oneDNN_and_eg3d_small_uses_the_kernel(cpu_kernels_module):
