@@ -11,10 +11,12 @@ sum. In a tri-plane generator this layer writes the largest tensor of the backbo
 256x256x96 tri-planes); unfused it is about five passes over it, the kernel
 (`torgb_cpu.cpp`) makes it in one.
 
-The kernel runs on a CPU for float32, channels-last x (the networks' CPU activation layout),
-output channels a multiple of 16 (tri-plane channels; an RGB ToRGB keeps the plain path), a
-channels-last skip image and a separable 4-tap filter (StyleGAN2's [1, 3, 3, 1]). Elsewhere,
-and with ``impl='ref'``, the same function runs as plain torch ops (`modulated_torgb_ref`).
+The kernel runs on a CPU for float32 tensors, output channels a multiple of 16 (tri-plane
+channels; an RGB ToRGB keeps the plain path) and a separable 4-tap filter (StyleGAN2's
+[1, 3, 3, 1]). It walks channels-last memory, the networks' CPU activation layout in training;
+NCHW x or skip (inference's grouped convs) are copied to it first. Its output is channels-last.
+Elsewhere, and with ``impl='ref'``, the same function runs as plain torch ops
+(`modulated_torgb_ref`).
 
 Gradients: one more kernel pass over the output gradient computes all of them: x's (the
 product with the per-sample weight W * s), that weight's (summed over pixels in fixed groups of
@@ -114,16 +116,9 @@ def kernel_applies(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, 
     tensors = [x, weight, styles, bias] + ([] if skip is None else [skip])
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return False
-    if x.ndim != 4 or not x.is_contiguous(memory_format=torch.channels_last) or x.numel() == 0:
+    if x.ndim != 4 or x.numel() == 0 or weight.ndim != 4 or weight.shape[2:] != (1, 1) or weight.shape[0] % _LANES:
         return False
-    if weight.ndim != 4 or weight.shape[2:] != (1, 1) or weight.shape[0] % _LANES != 0:
-        return False
-    if skip is not None:
-        if not skip.is_contiguous(memory_format=torch.channels_last):
-            return False
-        if skip_filter is not None and _skip_taps(skip_filter) is None:
-            return False
-    return True
+    return skip is None or skip_filter is None or _skip_taps(skip_filter) is not None
 
 
 def modulated_torgb(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
@@ -141,6 +136,10 @@ def modulated_torgb(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
     clamp_value = -1.0 if clamp is None or clamp < 0 else float(clamp)
     if impl is None and kernel_applies(x, weight, styles, bias, skip, skip_filter):
         taps = _skip_taps(skip_filter) if (skip is not None and skip_filter is not None) else None
+        # The kernel walks channels-last memory (the networks' training layout on a CPU; their
+        # inference path, grouped convs, hands over NCHW, which costs one copy here).
+        x = x.contiguous(memory_format=torch.channels_last)
+        skip = None if skip is None else skip.contiguous(memory_format=torch.channels_last)
         return _TorgbCpu.apply(x, weight, styles, bias, skip, taps, clamp_value)
     return modulated_torgb_ref(x, weight, styles, bias, skip, skip_filter, clamp)
 
