@@ -22,6 +22,8 @@ What is timed (medians over --repeats after --warmup untimed runs):
 
 * "G forward": `G(z, c)` in training mode under `torch.no_grad()` (mapping, backbone,
   rendering, super-resolution), i.e. the generator pass of a D step.
+* "G inference": the same in eval mode, as gen_samples.py, gen_videos.py and the metrics run
+  it (on a GPU its synthesis layers take grouped convs, see SynthesisBlock).
 * "G+D step": EG3D's two main phases, G_main then D_main, as the training loop runs them
   (one view per tri-plane, no blur, no augmentation, no lazy regularisers, no optimiser step):
     G_main: G's parameters require grad, D's do not; fake = G(z, c); logits = D(fake, c);
@@ -146,6 +148,15 @@ def _zero_grad(module: torch.nn.Module) -> None:
 def g_forward(G, inputs) -> None:
     with torch.no_grad():
         G(inputs["z"], inputs["c"])
+
+
+def g_inference(G, inputs) -> None:
+    """G(z, c) in eval mode under no_grad, as gen_samples.py, gen_videos.py and the metrics run it."""
+    G.eval()
+    try:
+        g_forward(G, inputs)
+    finally:
+        G.train()
 
 
 def gd_step(G, D, inputs, reuse_fakes: bool = False) -> None:
@@ -376,10 +387,12 @@ def _bench_device(args, device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     with PeakRSS() as rss:
         t_g = time_fn(lambda: g_forward(G, inputs), device, args.repeats, args.warmup)
+        t_eval = time_fn(lambda: g_inference(G, inputs), device, args.repeats, args.warmup)
         t_step = time_fn(lambda: gd_step(G, D, inputs, args.reuse_fakes), device, args.repeats, args.warmup)
     step = statistics.median(t_step)
     what = "G_main + D_main, fakes reused" if args.reuse_fakes else "G_main + D_main"
     print(f"  G forward (no grad)   {_fmt(t_g)}")
+    print(f"  G inference (eval)    {_fmt(t_eval)}")
     print(f"  G+D step ({what}) {_fmt(t_step)}")
     print(f"  images/s              {batch / step:8.2f}")
     if args.traffic:

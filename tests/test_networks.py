@@ -190,6 +190,22 @@ def test_synthesis_fused_and_separate_modconv_agree():
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_synthesis_inference_on_a_cpu_takes_the_separate_modconv_path():
+    """On a CPU the default for inference is the separate path (channels-last, the compiled
+    kernels), not grouped convs: eval mode gives bitwise what fused_modconv=False gives, and
+    not what the grouped convs give."""
+    torch.manual_seed(7)
+    net = SynthesisNetwork(w_dim=8, img_resolution=16, img_channels=48, **TINY).eval()
+    ws = torch.randn(2, net.num_ws, 8)
+    with torch.no_grad():
+        default = net(ws, noise_mode="const")
+        separate = net(ws, noise_mode="const", fused_modconv=False)
+        grouped = net(ws, noise_mode="const", fused_modconv=True)
+    assert torch.equal(default, separate)
+    assert not torch.equal(default, grouped)
+    assert torch.allclose(default, grouped, rtol=1e-4, atol=1e-4)
+
+
 def test_synthesis_rejects_bad_resolution():
     with pytest.raises(ValueError, match="img_resolution"):
         SynthesisNetwork(w_dim=8, img_resolution=24, img_channels=6)

@@ -439,8 +439,12 @@ class SynthesisBlock(nn.Module):
         dtype = self.compute_dtype(ws.device, force_fp32)
         memory_format = misc.activation_memory_format(ws.device, dtype, self.channels_last)
         if fused_modconv is None:
-            # Grouped convs are fast for inference; in training the separate path is faster to differentiate.
-            fused_modconv = (not self.training) and (dtype == torch.float32 or ws.shape[0] == 1)
+            # Grouped convs are fast for inference on a GPU; in training the separate path is faster
+            # to differentiate. On a CPU the separate path is faster for inference too: it keeps the
+            # channels-last activations, the Winograd convolutions and the compiled kernels, none of
+            # which a grouped conv takes (eg3d-small's G forward: 0.270 s against 0.498 s).
+            fused_modconv = (not self.training) and ws.device.type != "cpu" and \
+                (dtype == torch.float32 or ws.shape[0] == 1)
         in_res = self.resolution // self.up
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).to(memory_format=memory_format)
