@@ -22,8 +22,8 @@ What is timed (medians over --repeats after --warmup untimed runs):
 
 * "G forward": `G(z, c)` in training mode under `torch.no_grad()` (mapping, backbone,
   rendering, super-resolution), i.e. the generator pass of a D step.
-* "G inference": the same in eval mode, as gen_samples.py, gen_videos.py and the metrics run
-  it (on a GPU its synthesis layers take grouped convs, see SynthesisBlock).
+* "G inference": the same in eval mode, as gen_samples.py and gen_videos.py run it (on a GPU
+  its synthesis layers take grouped convs, see SynthesisBlock).
 * "G+D step": EG3D's two main phases, G_main then D_main, as the training loop runs them
   (one view per tri-plane, no blur, no augmentation, no lazy regularisers, no optimiser step):
     G_main: G's parameters require grad, D's do not; fake = G(z, c); logits = D(fake, c);
@@ -151,7 +151,7 @@ def g_forward(G, inputs) -> None:
 
 
 def g_inference(G, inputs) -> None:
-    """G(z, c) in eval mode under no_grad, as gen_samples.py, gen_videos.py and the metrics run it."""
+    """G(z, c) in eval mode under no_grad, as gen_samples.py and gen_videos.py run it."""
     G.eval()
     try:
         g_forward(G, inputs)
