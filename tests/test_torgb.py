@@ -99,6 +99,7 @@ def test_kernel_applies_only_where_it_can(cpu_kernels_module):
     assert torgb.kernel_applies(x, weight, styles, bias, skip, f)
     assert torgb.kernel_applies(x.contiguous(), weight, styles, bias, skip.contiguous(), f)  # NCHW: copied
     assert not torgb.kernel_applies(x, weight[:3], styles, bias[:3], None)  # an RGB ToRGB
+    assert torgb.try_kernel(x, weight[:3], styles, bias[:3], None) is None  # the caller's own path then
     assert not torgb.kernel_applies(x.bfloat16(), weight, styles, bias, skip, f)
     assert not torgb.kernel_applies(x, weight, styles, bias, skip, upfirdn2d.setup_filter([1, 2, 1]))
     with cpu_kernels.kernels_enabled(False):

@@ -372,11 +372,13 @@ class ToRGBLayer(nn.Module):
         """The layer's output, plus ``skip`` if given (summed in the same pass, in skip's dtype and layout).
 
         With ``skip_filter`` the skip image has half x's resolution and is first upsampled with it
-        (`upfirdn2d.upsample2d`); on a CPU `torgb.modulated_torgb` does all of it in one pass.
+        (`upfirdn2d.upsample2d`); on a CPU `torgb.try_kernel` does all of it in one pass.
         """
         styles = self.affine(w) * self.weight_gain  # without demodulation the fan-in scaling goes here
-        if self.padding == 0 and torgb.kernel_applies(x, self.weight, styles, self.bias, skip, skip_filter):
-            return torgb.modulated_torgb(x, self.weight, styles, self.bias, skip, skip_filter, clamp=self.conv_clamp)
+        y = torgb.try_kernel(x, self.weight, styles, self.bias, skip, skip_filter, self.conv_clamp) \
+            if self.padding == 0 else None
+        if y is not None:
+            return y
         if skip is not None and skip_filter is not None:
             skip = upfirdn2d.upsample2d(skip, skip_filter)
         x = modulated_conv2d(x, self.weight, styles, padding=self.padding, demodulate=False,

@@ -42,7 +42,7 @@ from torch.autograd.function import once_differentiable
 from torch_utils import misc
 from torch_utils.ops import conv2d_gradfix, cpu_kernels, upfirdn2d
 
-__all__ = ["modulated_torgb", "modulated_torgb_ref", "kernel_applies", "state", "enabled"]
+__all__ = ["modulated_torgb", "modulated_torgb_ref", "try_kernel", "kernel_applies", "state", "enabled"]
 
 _plugin = cpu_kernels.plugin
 _LANES = 16  # the kernel's output channels come in vectors of 16
@@ -108,17 +108,40 @@ def _skip_taps(skip_filter: torch.Tensor) -> Optional[Tuple[float, float, float,
     return _taps_of(tuple(float(v) for v in skip_filter.detach().cpu().double()))
 
 
+def _kernel_taps(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
+                 skip: Optional[torch.Tensor], skip_filter: Optional[torch.Tensor]) -> Optional[tuple]:
+    """None where the kernel does not apply, else the skip's upsampling taps (() without upsampling)."""
+    if not state.enabled or _plugin.get() is None:
+        return None
+    tensors = [x, weight, styles, bias] + ([] if skip is None else [skip])
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return None
+    if x.ndim != 4 or x.numel() == 0 or weight.ndim != 4 or weight.shape[2:] != (1, 1) or weight.shape[0] % _LANES:
+        return None
+    return () if skip is None or skip_filter is None else _skip_taps(skip_filter)
+
+
 def kernel_applies(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
                    skip: Optional[torch.Tensor] = None, skip_filter: Optional[torch.Tensor] = None) -> bool:
     """Whether `modulated_torgb` runs these arguments through the CPU kernel (see the module docstring)."""
-    if not state.enabled or _plugin.get() is None:
-        return False
-    tensors = [x, weight, styles, bias] + ([] if skip is None else [skip])
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        return False
-    if x.ndim != 4 or x.numel() == 0 or weight.ndim != 4 or weight.shape[2:] != (1, 1) or weight.shape[0] % _LANES:
-        return False
-    return skip is None or skip_filter is None or _skip_taps(skip_filter) is not None
+    return _kernel_taps(x, weight, styles, bias, skip, skip_filter) is not None
+
+
+def try_kernel(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
+               skip: Optional[torch.Tensor] = None, skip_filter: Optional[torch.Tensor] = None,
+               clamp: Optional[float] = None) -> Optional[torch.Tensor]:
+    """`modulated_torgb` through the CPU kernel, or None where it does not apply (the caller then
+    takes its own unfused path: `ToRGBLayer` its scaling, conv and epilogue ops)."""
+    _check(x, weight, styles, bias, skip, skip_filter)
+    taps = _kernel_taps(x, weight, styles, bias, skip, skip_filter)
+    if taps is None:
+        return None
+    # The kernel walks channels-last memory (the networks' training layout on a CPU; their
+    # inference path, grouped convs, hands over NCHW, which costs one copy here).
+    x = x.contiguous(memory_format=torch.channels_last)
+    skip = None if skip is None else skip.contiguous(memory_format=torch.channels_last)
+    clamp_value = -1.0 if clamp is None or clamp < 0 else float(clamp)
+    return _TorgbCpu.apply(x, weight, styles, bias, skip, taps or None, clamp_value)
 
 
 def modulated_torgb(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, bias: torch.Tensor,
@@ -132,15 +155,10 @@ def modulated_torgb(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
     """
     if impl not in (None, "ref"):
         raise ValueError(f"modulated_torgb: impl must be None or 'ref', got {impl!r}")
+    y = try_kernel(x, weight, styles, bias, skip, skip_filter, clamp) if impl is None else None
+    if y is not None:
+        return y
     _check(x, weight, styles, bias, skip, skip_filter)
-    clamp_value = -1.0 if clamp is None or clamp < 0 else float(clamp)
-    if impl is None and kernel_applies(x, weight, styles, bias, skip, skip_filter):
-        taps = _skip_taps(skip_filter) if (skip is not None and skip_filter is not None) else None
-        # The kernel walks channels-last memory (the networks' training layout on a CPU; their
-        # inference path, grouped convs, hands over NCHW, which costs one copy here).
-        x = x.contiguous(memory_format=torch.channels_last)
-        skip = None if skip is None else skip.contiguous(memory_format=torch.channels_last)
-        return _TorgbCpu.apply(x, weight, styles, bias, skip, taps, clamp_value)
     return modulated_torgb_ref(x, weight, styles, bias, skip, skip_filter, clamp)
 
 

@@ -125,6 +125,22 @@ void check_channels_last(const at::Tensor& t, const char* what) {
                 " must be a 4-D channels-last tensor, got sizes ", t.sizes(), " strides ", t.strides());
 }
 
+// The modulation folded into a per-sample weight, W[k][c] * s[n][c] for weight [K, C] and styles
+// [N, C]: laid out [N][C][K] (rows of output channels, the forward's) or, `transposed`,
+// [N][K][C] (rows of input channels, dx's).
+std::vector<float> per_sample_weight(const at::Tensor& weight, const at::Tensor& styles, bool transposed) {
+    const int64_t N = styles.size(0), K = weight.size(0), C = weight.size(1);
+    const auto wc = weight.contiguous(), sc = styles.contiguous();
+    const float* wp = wc.data_ptr<float>();
+    const float* sp = sc.data_ptr<float>();
+    std::vector<float> wn(static_cast<size_t>(N * C * K));
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t c = 0; c < C; ++c)
+                wn[transposed ? (n * K + k) * C + c : (n * C + c) * K + k] = wp[k * C + c] * sp[n * C + c];
+    return wn;
+}
+
 // Output row Y of the 2x upsampled skip image (K channels, 2 * Ws pixels) into `row`, with
 // `v` (Ws + 2 pixels) as scratch for the vertical blend; rows outside the image are zeros.
 void upsampled_row(const float* skip, int64_t Hs, int64_t Ws, int64_t K, int64_t Y, const Taps& t, float* v,
@@ -317,15 +333,8 @@ std::tuple<at::Tensor, int64_t> torgb_forward(const at::Tensor& x, const at::Ten
                     "torgb_cpu: skip must be [", N, ", ", K, ", ", H / f, ", ", W / f, "], got ", skip.sizes());
     }
     const Taps t = up ? taps_of(taps) : Taps{0, 0, 0, 0};
-    // Wn[n][c][k] = W[k][c] * s[n][c]: the modulation folded into a per-sample weight.
-    const auto wc = weight.contiguous();
-    const auto sc = styles.contiguous();
+    const std::vector<float> wn = per_sample_weight(weight, styles, false);
     const auto bc = bias.contiguous();
-    std::vector<float> wn(static_cast<size_t>(N * C * K));
-    for (int64_t n = 0; n < N; ++n)
-        for (int64_t c = 0; c < C; ++c)
-            for (int64_t k = 0; k < K; ++k)
-                wn[(n * C + c) * K + k] = wc.data_ptr<float>()[k * C + c] * sc.data_ptr<float>()[n * C + c];
     auto y = at::empty({N, K, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
     const float* xp = x.data_ptr<float>();
     const float* bp = bc.data_ptr<float>();
@@ -419,18 +428,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> torgb_backward(
     TORCH_CHECK(!up || (H % 2 == 0 && W % 2 == 0), "torgb_cpu: an upsampled skip needs even H and W, got ", H,
                 "x", W);
     const Taps t = up ? taps_of(taps) : Taps{0, 0, 0, 0};
-    const auto wc = weight.contiguous(), sc = styles.contiguous(), bc = bias.contiguous();
-    const float* wp = wc.data_ptr<float>();
-    const float* sp = sc.data_ptr<float>();
-    // Wn[n][c][k] (for recomputing the conv) and WnT[n][k][c] (for dx).
-    std::vector<float> wn(static_cast<size_t>(N * C * K)), wnt(static_cast<size_t>(N * K * C));
-    for (int64_t n = 0; n < N; ++n)
-        for (int64_t k = 0; k < K; ++k)
-            for (int64_t c = 0; c < C; ++c) {
-                const float v = wp[k * C + c] * sp[n * C + c];
-                wn[(n * C + c) * K + k] = v;
-                wnt[(n * K + k) * C + c] = v;
-            }
+    const auto bc = bias.contiguous();
+    // WnT (for dx), and Wn only where the conv must be recomputed for the clamp's mask.
+    const std::vector<float> wnt = per_sample_weight(weight, styles, true);
+    const std::vector<float> wn = mask_clamp >= 0 ? per_sample_weight(weight, styles, false) : std::vector<float>();
     const int64_t groups = (H + kGroupRows - 1) / kGroupRows;
     std::vector<float> dwn_part(static_cast<size_t>(N * groups * C * K), 0.f);
     std::vector<float> db_part(static_cast<size_t>(N * groups * K), 0.f);
